@@ -1,0 +1,279 @@
+"""Pol.is clustering: k-means with Pol.is's initialisation and stopping rule, base clusters,
+weighted group clusters, silhouette, the k smoother and stable group ids.
+
+All points are 2-D (projections or base-cluster centres), so every step is a small dense
+numpy operation; nothing is quadratic in participants (the silhouette only ever sees the at
+most 100 base-cluster centres).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Clustering", "polis_kmeans", "clean_start", "silhouette", "smooth_k", "max_group_k",
+           "match_ids"]
+
+
+@dataclass
+class Clustering:
+    """A k-means result.
+
+    Attributes
+    ----------
+    ids : (m,) int64 cluster ids (stable across warm-started updates, increasing only).
+    centers : (m, 2) weighted member means.
+    labels : (n,) int64 index into ``ids`` for each point.
+    """
+
+    ids: np.ndarray
+    centers: np.ndarray
+    labels: np.ndarray
+
+    def members(self, keys: np.ndarray) -> list[np.ndarray]:
+        """Point keys per cluster, in cluster order."""
+        order = np.argsort(self.labels, kind="stable")
+        bounds = np.searchsorted(self.labels[order], np.arange(self.ids.size + 1))
+        return [keys[order[bounds[i]:bounds[i + 1]]] for i in range(self.ids.size)]
+
+
+def _assign(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Nearest centre per point; on an exact tie the later centre wins (Pol.is map order)."""
+    # |x - c|^2 computed directly (not by the x^2 + c^2 - 2xc trick) so ties are exact.
+    d = (points[:, None, 0] - centers[None, :, 0]) ** 2
+    d += (points[:, None, 1] - centers[None, :, 1]) ** 2
+    m = centers.shape[0]
+    return (m - 1 - np.argmin(d[:, ::-1], axis=1)).astype(np.int64)
+
+
+def _same_clustering(old: np.ndarray, new: np.ndarray, threshold: float = 0.01) -> bool:
+    """Pol.is ``same-clustering?``: lexicographically sorted centres pairwise closer than 0.01."""
+    a = old[np.lexsort((old[:, 1], old[:, 0]))]
+    b = new[np.lexsort((new[:, 1], new[:, 0]))]
+    m = min(a.shape[0], b.shape[0])  # Clojure's zip truncates
+    return bool(np.all(np.sqrt(((a[:m] - b[:m]) ** 2).sum(axis=1)) < threshold))
+
+
+def _first_distinct(points: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the first ``k`` distinct points in input order."""
+    _, idx = np.unique(points, axis=0, return_index=True)
+    return np.sort(idx)[:k]
+
+
+def polis_kmeans(
+    points: np.ndarray,
+    k: int,
+    max_iters: int,
+    weights: np.ndarray | None = None,
+    init_ids: np.ndarray | None = None,
+    init_centers: np.ndarray | None = None,
+) -> Clustering:
+    """Pol.is k-means (``clusters.clj`` ``kmeans``).
+
+    Parameters
+    ----------
+    points : (n, 2).
+    k : number of clusters wanted (fewer when there are fewer distinct points).
+    max_iters : Pol.is runs up to ``max_iters + 1`` steps.
+    weights : (n,) positive point weights; centres are weighted means, assignment is unweighted.
+    init_ids, init_centers : (m,), (m, 2) warm start (see :func:`clean_start`); cold start when
+        None: the first ``k`` distinct points in input order, ids 0..k-1.
+
+    Returns
+    -------
+    Clustering whose labels are the last assignment and whose centres are the weighted means of
+    those labels (as Pol.is returns the clusters of its last step).
+    """
+    n = points.shape[0]
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    if n == 0:
+        return Clustering(np.zeros(0, np.int64), np.zeros((0, 2)), np.zeros(0, np.int64))
+    if init_centers is None:
+        idx = _first_distinct(points, k)
+        ids = np.arange(idx.size, dtype=np.int64)
+        centers = points[idx].astype(np.float64)
+    else:
+        ids = np.asarray(init_ids, dtype=np.int64)
+        centers = np.asarray(init_centers, dtype=np.float64).reshape(-1, 2)
+    labels = np.zeros(n, np.int64)
+    for it in range(max_iters + 1):
+        labels = _assign(points, centers)
+        m = ids.size
+        wsum = np.bincount(labels, weights=w, minlength=m)
+        cnt = np.bincount(labels, minlength=m)
+        keep = cnt > 0  # empty clusters are dropped
+        sx = np.bincount(labels, weights=w * points[:, 0], minlength=m)
+        sy = np.bincount(labels, weights=w * points[:, 1], minlength=m)
+        new = np.stack([sx, sy], axis=1)[keep] / wsum[keep][:, None]
+        if not keep.all():
+            remap = np.cumsum(keep) - 1
+            labels = remap[labels]
+            ids = ids[keep]
+        done = it == max_iters or _same_clustering(centers, new)
+        centers = new
+        if done:
+            break
+    return Clustering(ids, centers, labels)
+
+
+def clean_start(
+    points: np.ndarray,
+    keys: np.ndarray,
+    k: int,
+    previous: Sequence[tuple[int, Sequence]],
+    weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Warm start from a previous clustering (Pol.is ``clean-start-clusters``).
+
+    1. recentre each previous cluster on its surviving members, dropping clusters with none;
+    2. merge clusters with identical centres (the larger keeps its id);
+    3. while there are fewer than min(k, distinct points) clusters, make the point farthest from
+       its nearest centre a new singleton cluster with id = max id + 1.
+
+    Parameters
+    ----------
+    points : (n, 2); keys : (n,) point keys (participant ids or base-cluster ids).
+    previous : [(cluster id, member keys)].
+
+    Returns
+    -------
+    (ids, centers) or None when nothing survives (the caller then cold-starts).
+    """
+    n = points.shape[0]
+    w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
+    index = {kk: i for i, kk in enumerate(keys.tolist())}
+    clusters: list[tuple[int, int, np.ndarray]] = []  # (id, n_members, center)
+    for cid, members in previous:
+        idx = [index[m] for m in members if m in index]
+        if not idx:
+            continue
+        ii = np.asarray(idx)
+        c = (points[ii] * w[ii, None]).sum(axis=0) / w[ii].sum()
+        clusters.append((int(cid), len(idx), c))
+    if not clusters:
+        return None
+    # Merge identical centres: the cluster with more members keeps its id (then the lower id).
+    clusters.sort(key=lambda t: (-t[1], t[0]))
+    merged: dict[tuple[float, float], tuple[int, int, np.ndarray]] = {}
+    for cid, size, c in clusters:
+        key = (float(c[0]), float(c[1]))
+        if key in merged:
+            mid, msize, mc = merged[key]
+            merged[key] = (mid, msize + size, mc)
+        else:
+            merged[key] = (cid, size, c)
+    items = sorted(merged.values(), key=lambda t: t[0])
+    ids = [t[0] for t in items]
+    centers = [t[2] for t in items]
+    n_distinct = np.unique(points, axis=0).shape[0]
+    target = min(k, n_distinct)
+    if len(ids) < target:
+        cm = np.asarray(centers)
+        dmin = np.min(((points[:, None, :] - cm[None, :, :]) ** 2).sum(axis=2), axis=1)
+        while len(ids) < target:
+            far = int(np.argmax(dmin))
+            ids.append(max(ids) + 1)
+            centers.append(points[far].astype(np.float64))
+            dmin = np.minimum(dmin, ((points - points[far]) ** 2).sum(axis=1))
+    return np.asarray(ids, np.int64), np.asarray(centers, np.float64).reshape(-1, 2)
+
+
+def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
+    """Mean silhouette (Pol.is ``clusters.clj`` ``silhouette``), unweighted, Euclidean.
+
+    A point alone in its cluster scores 0. Only ever called on <= 100 base-cluster centres.
+    """
+    n = points.shape[0]
+    if n == 0:
+        return 0.0
+    d = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=2))
+    labs = np.unique(labels)
+    # mean distance from each point to each cluster (excluding itself for its own cluster)
+    sums = np.stack([d[:, labels == g].sum(axis=1) for g in labs], axis=1)
+    sizes = np.array([(labels == g).sum() for g in labs])
+    own = np.searchsorted(labs, labels)
+    s = np.zeros(n)
+    for i in range(n):
+        ni = sizes[own[i]]
+        if ni <= 1:
+            continue
+        a = sums[i, own[i]] / (ni - 1)
+        other = [sums[i, j] / sizes[j] for j in range(labs.size) if j != own[i]]
+        if not other:
+            continue
+        b = min(other)
+        mx = max(a, b)
+        s[i] = (b - a) / mx if mx > 0 else 0.0
+    return float(s.mean())
+
+
+def max_group_k(n_base: int) -> int:
+    """Pol.is ``max-k-fn``: min(5, 2 + floor(n_base / 12))."""
+    return min(5, 2 + n_base // 12)
+
+
+def smooth_k(this_k: int, smoother: dict | None, buffer: int = 4,
+             allowed: Sequence[int] = ()) -> dict:
+    """Pol.is ``group-k-smoother``: a new k must win ``buffer`` consecutive updates.
+
+    Like newer Pol.is (PR #2536), a smoothed k that is no longer allowed is reset to ``this_k``.
+    """
+    if not smoother:
+        return {"last_k": this_k, "last_k_count": 1, "smoothed_k": this_k}
+    count = smoother.get("last_k_count", 0) + 1 if this_k == smoother.get("last_k") else 1
+    prev = smoother.get("smoothed_k")
+    smoothed = this_k if count >= buffer or prev is None else prev
+    if allowed and smoothed not in allowed:
+        smoothed = this_k
+    return {"last_k": this_k, "last_k_count": count, "smoothed_k": smoothed}
+
+
+def match_ids(
+    overlap: np.ndarray, previous_ids: Sequence[int], fresh_ids: Sequence[int] | None = None
+) -> list[int]:
+    """Give each new group the id of the previous group it overlaps most (greedy, one-to-one).
+
+    Parameters
+    ----------
+    overlap : (n_new, n_prev) member counts in common.
+    previous_ids : (n_prev,) ids of the previous groups.
+    fresh_ids : candidate ids for unmatched groups, in preference order (default: the smallest
+        non-negative ints not already used).
+
+    Returns
+    -------
+    (n_new,) ids.
+    """
+    n_new, n_prev = overlap.shape
+    out: list[int | None] = [None] * n_new
+    used: set[int] = set()
+    if n_prev:
+        pairs = [(-int(overlap[i, j]), i, j) for i in range(n_new) for j in range(n_prev)
+                 if overlap[i, j] > 0]
+        pairs.sort()
+        taken_new: set[int] = set()
+        taken_prev: set[int] = set()
+        for _, i, j in pairs:
+            if i in taken_new or j in taken_prev:
+                continue
+            out[i] = int(previous_ids[j])
+            used.add(int(previous_ids[j]))
+            taken_new.add(i)
+            taken_prev.add(j)
+    candidates = iter(fresh_ids) if fresh_ids is not None else None
+    nxt = 0
+    for i in range(n_new):
+        if out[i] is None:
+            if candidates is not None:
+                c = next(candidates)
+                while c in used:
+                    c = next(candidates)
+            else:
+                while nxt in used:
+                    nxt += 1
+                c = nxt
+            out[i] = c
+            used.add(c)
+    return [int(x) for x in out]  # type: ignore[arg-type]

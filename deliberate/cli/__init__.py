@@ -1,0 +1,29 @@
+"""The `deliberate` command line: Flask's (run, db, shell) plus the operator commands.
+
+Each module here exposes `commands`, a list of click commands added to the app's CLI.
+"""
+
+from __future__ import annotations
+
+import click
+from flask import Flask
+from flask.cli import FlaskGroup
+
+
+def register_cli(app: Flask) -> None:
+    from . import accounts, analysis, demo
+
+    for module in (accounts, demo, analysis):
+        for command in module.commands:
+            app.cli.add_command(command)
+
+
+def _create_app():
+    from .. import create_app
+
+    return create_app()
+
+
+@click.group(cls=FlaskGroup, create_app=_create_app, help="deliberate: run and operate the app.")
+def main() -> None:
+    """Entry point of the `deliberate` console script."""

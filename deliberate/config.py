@@ -1,0 +1,85 @@
+"""Configuration: defaults, DELIBERATE_* environment variables and the instance folder."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+ENVIRONMENTS = ("development", "production", "testing")
+
+
+class ConfigError(RuntimeError):
+    """The configuration cannot be used (for example no SECRET_KEY in production)."""
+
+
+def _env_bool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _dev_secret_key(instance_path: Path) -> str:
+    """Return the development secret key, generating it into instance/ on first use."""
+    key_file = instance_path / "secret_key"
+    if key_file.exists():
+        return key_file.read_text().strip()
+    instance_path.mkdir(parents=True, exist_ok=True)
+    key = secrets.token_hex(32)
+    # Created readable by the owner only: the key signs sessions and CSRF tokens.
+    fd = os.open(key_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(key)
+    return key
+
+
+def build_config(instance_path: Path, overrides: dict | None = None) -> dict:
+    """Build the app configuration from defaults, the environment and explicit overrides."""
+    overrides = dict(overrides or {})
+    env = overrides.get("DELIBERATE_ENV") or os.environ.get("DELIBERATE_ENV", "production")
+    if env not in ENVIRONMENTS:
+        raise ConfigError(f"DELIBERATE_ENV must be one of {', '.join(ENVIRONMENTS)}, not {env!r}")
+    production = env == "production"
+    database_url = os.environ.get(
+        "DELIBERATE_DATABASE_URL", f"sqlite:///{instance_path / 'deliberate.db'}"
+    )
+    config: dict = {
+        "DELIBERATE_ENV": env,
+        "SQLALCHEMY_DATABASE_URI": database_url,
+        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # Sessions: HttpOnly and SameSite always; Secure whenever we are not in development.
+        "SESSION_COOKIE_HTTPONLY": True,
+        "SESSION_COOKIE_SAMESITE": "Lax",
+        "SESSION_COOKIE_SECURE": _env_bool("DELIBERATE_SECURE_COOKIES", production),
+        "REMEMBER_COOKIE_HTTPONLY": True,
+        "REMEMBER_COOKIE_SAMESITE": "Lax",
+        "REMEMBER_COOKIE_SECURE": _env_bool("DELIBERATE_SECURE_COOKIES", production),
+        "PERMANENT_SESSION_LIFETIME": 60 * 60 * 12,
+        # Bodies larger than this are refused with 413 before any view runs.
+        "MAX_CONTENT_LENGTH": int(os.environ.get("DELIBERATE_MAX_CONTENT_LENGTH", 2 * 1024 * 1024)),
+        "WTF_CSRF_ENABLED": True,
+        "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
+        "RATELIMIT_ENABLED": _env_bool("DELIBERATE_RATELIMIT_ENABLED", True),
+        "RATELIMIT_STORAGE_URI": os.environ.get("DELIBERATE_RATELIMIT_STORAGE_URI", "memory://"),
+        "RATELIMIT_HEADERS_ENABLED": True,
+        "INVITATION_TTL_HOURS": int(os.environ.get("DELIBERATE_INVITATION_TTL_HOURS", 24 * 14)),
+        "RESET_TTL_HOURS": int(os.environ.get("DELIBERATE_RESET_TTL_HOURS", 24)),
+        "BASE_URL": os.environ.get("DELIBERATE_BASE_URL", "http://127.0.0.1:5000"),
+        # The analysis worker: "thread" runs inside the app process; "off" leaves it to
+        # `deliberate worker` processes (or to nobody, in tests that drive it by hand).
+        "ANALYSIS_WORKER": os.environ.get("DELIBERATE_ANALYSIS_WORKER", "thread"),
+        "ANALYSIS_DEBOUNCE_SECONDS": float(os.environ.get("DELIBERATE_ANALYSIS_DEBOUNCE", 3.0)),
+    }
+    secret = os.environ.get("DELIBERATE_SECRET_KEY")
+    if secret:
+        config["SECRET_KEY"] = secret
+    config.update(overrides)
+    if not config.get("SECRET_KEY"):
+        if config["DELIBERATE_ENV"] == "production":
+            raise ConfigError(
+                "DELIBERATE_SECRET_KEY must be set in production "
+                "(or set DELIBERATE_ENV=development to generate one into instance/)"
+            )
+        config["SECRET_KEY"] = _dev_secret_key(instance_path)
+    return config

@@ -1,0 +1,46 @@
+"""SQLAlchemy models. Import them from here: `from deliberate.models import Round, Vote`."""
+
+from .audit import AuditEvent
+from .base import utcnow
+from .people import ROLE_VALUES, Invitation, Organisation, Role, User
+from .rounds import (
+    AuthorDisplay,
+    ModerationMode,
+    ResultsVisibility,
+    Round,
+    RoundState,
+    Statement,
+    StatementOrigin,
+    StatementRevision,
+    StatementState,
+    round_organisations,
+)
+from .snapshots import Snapshot
+from .votes import AGREE, DISAGREE, PASS, VOTE_VALUES, Vote, VoteEvent
+
+__all__ = [
+    "AGREE",
+    "DISAGREE",
+    "PASS",
+    "ROLE_VALUES",
+    "VOTE_VALUES",
+    "AuditEvent",
+    "AuthorDisplay",
+    "Invitation",
+    "ModerationMode",
+    "Organisation",
+    "ResultsVisibility",
+    "Role",
+    "Round",
+    "RoundState",
+    "Snapshot",
+    "Statement",
+    "StatementOrigin",
+    "StatementRevision",
+    "StatementState",
+    "User",
+    "Vote",
+    "VoteEvent",
+    "round_organisations",
+    "utcnow",
+]

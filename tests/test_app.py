@@ -1,0 +1,57 @@
+"""The app factory, configuration and security headers."""
+
+from __future__ import annotations
+
+import pytest
+
+from deliberate import create_app
+from deliberate.config import ConfigError
+
+
+def test_production_requires_secret_key(tmp_path, monkeypatch):
+    monkeypatch.delenv("DELIBERATE_SECRET_KEY", raising=False)
+    with pytest.raises(ConfigError, match="DELIBERATE_SECRET_KEY"):
+        create_app({"DELIBERATE_ENV": "production", "INSTANCE_PATH": str(tmp_path)})
+
+
+def test_development_generates_a_secret_key_into_instance(tmp_path, monkeypatch):
+    monkeypatch.delenv("DELIBERATE_SECRET_KEY", raising=False)
+    first = create_app({"DELIBERATE_ENV": "development", "INSTANCE_PATH": str(tmp_path),
+                        "ANALYSIS_WORKER": "off"})
+    second = create_app({"DELIBERATE_ENV": "development", "INSTANCE_PATH": str(tmp_path),
+                         "ANALYSIS_WORKER": "off"})
+    assert first.config["SECRET_KEY"] == second.config["SECRET_KEY"]
+    assert len(first.config["SECRET_KEY"]) >= 32
+    assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
+
+
+def test_security_headers_on_every_response(client):
+    response = client.get("/healthz")
+    csp = response.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "frame-ancestors 'none'" in csp
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert response.headers["Referrer-Policy"] == "same-origin"
+
+
+def test_unknown_page_is_a_clear_404(client):
+    response = client.get("/no/such/page")
+    assert response.status_code == 404
+    assert "no page at this address" in response.get_data(as_text=True)
+
+
+def test_sqlite_pragmas(app, db):
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 15000
+
+
+def test_migrations_match_the_models(app, db):
+    """The committed migrations create exactly the schema the models describe."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with db.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), db.metadata)
+    assert diff == []
