@@ -164,14 +164,15 @@ def select_repness(counts: np.ndarray, mod_out: np.ndarray, statement_ids: list,
 def group_informed_consensus(counts: np.ndarray) -> np.ndarray:
     """(n_cols,) Pol.is group-aware consensus: prod over groups of (A + 1) / (S + 2).
 
-    A group that never saw a statement contributes 1/2. With no groups the product is empty;
-    we then use the overall rate (A + 1) / (S + 2) of ``counts`` summed (a one-group view), so
-    the value stays in (0, 1) - Pol.is has no groups and no value in that case.
+    A group that never saw a statement contributes 1/2. (With no groups the pipeline passes the
+    in-conversation counts as a single group, so the value stays defined.)
+
+    Parameters
+    ----------
+    counts : (3, n_groups, n_cols).
     """
     a = counts[0].astype(np.float64)
     s = counts.sum(axis=0).astype(np.float64)
-    if a.shape[0] == 0:
-        return np.full(a.shape[1], 0.5)
     return np.prod((a + 1.0) / (s + 2.0), axis=0)
 
 

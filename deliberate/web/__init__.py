@@ -25,7 +25,7 @@ def _load_user(session_id: str) -> User | None:
 
 
 def init_web(app: Flask) -> None:
-    from . import api, auth, facilitate, member
+    from . import api, auth, facilitate, member, people
 
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please log in to continue."
@@ -35,6 +35,7 @@ def init_web(app: Flask) -> None:
     app.register_blueprint(auth.bp)
     app.register_blueprint(member.bp)
     app.register_blueprint(facilitate.bp, url_prefix="/facilitate")
+    app.register_blueprint(people.bp, url_prefix="/facilitate/people")
     app.register_blueprint(api.bp, url_prefix="/api")
 
     @app.get("/")
