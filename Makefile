@@ -23,7 +23,7 @@ $(E2E_NODE): tests/e2e/package.json tests/e2e/package-lock.json
 run: $(STAMP)
 	DELIBERATE_ENV=development $(VENV)/bin/deliberate db upgrade
 	DELIBERATE_ENV=development $(VENV)/bin/deliberate demo --if-empty
-	DELIBERATE_ENV=development $(VENV)/bin/gunicorn --bind 127.0.0.1:$(PORT) \
+	DELIBERATE_ENV=development OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(VENV)/bin/gunicorn --bind 127.0.0.1:$(PORT) \
 	  --workers 1 --threads 8 --access-logfile - 'wsgi:app'
 
 ## test: create the environment and run the whole suite

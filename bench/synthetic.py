@@ -56,13 +56,33 @@ class Conversation:
         return self.participant.nbytes + self.statement.nbytes + self.value.nbytes
 
 
-def _propensities(rng: np.random.Generator, n_groups: int, n_statements: int,
-                  consensus_share: float) -> np.ndarray:
-    """Cumulative (P[agree], P[agree] + P[disagree]) per group and statement, float32 (g, s, 2)."""
+def _propensities(
+    rng: np.random.Generator,
+    n_groups: int,
+    n_statements: int,
+    consensus_share: float,
+    layout: str,
+) -> np.ndarray:
+    """Cumulative (P[agree], P[agree] + P[disagree]) per group and statement, float32 (g, s, 2).
+
+    ``layout="planar"``: the groups sit evenly on a circle in a 2-D latent opinion space and a
+    divisive statement's stance for a group is its (random) 2-D loading dotted with the group's
+    position, so the groups differ along two directions, as the Pol.is model assumes (PCA to 2-D,
+    then k-means); ``"independent"``: each group has its own random stance on every divisive
+    statement (groups need more than two dimensions to separate).
+    """
     consensus = rng.random(n_statements) < consensus_share
     shared = rng.uniform(-1.0, 1.0, n_statements)
-    own = rng.uniform(-1.0, 1.0, (n_groups, n_statements))
     noise = rng.normal(0.0, 0.15, (n_groups, n_statements))
+    if layout == "planar":
+        angle = 2 * np.pi * (np.arange(n_groups) / n_groups) + rng.uniform(0, 2 * np.pi)
+        position = np.stack([np.cos(angle), np.sin(angle)], axis=1)  # (g, 2)
+        loading = rng.normal(0.0, 1.0, (n_statements, 2))
+        own = np.tanh(1.5 * position @ loading.T) + noise
+    elif layout == "independent":
+        own = rng.uniform(-1.0, 1.0, (n_groups, n_statements))
+    else:
+        raise ValueError(f"unknown layout {layout!r}")
     stance = np.where(consensus[None, :], shared[None, :] + noise, own)
     stance = np.clip(stance, -1.0, 1.0)
     p_pass = rng.uniform(0.05, 0.30, (n_groups, n_statements))
@@ -72,11 +92,12 @@ def _propensities(rng: np.random.Generator, n_groups: int, n_statements: int,
     return cum.astype(np.float32)
 
 
-def _exact_counts(rng: np.random.Generator, n_participants: int, n_statements: int,
-                  total_votes: int) -> np.ndarray:
+def _exact_counts(
+    rng: np.random.Generator, n_participants: int, n_statements: int, total_votes: int
+) -> np.ndarray:
     """Heavy-tailed per-participant vote counts in [1, n_statements] summing to total_votes."""
     if not n_participants <= total_votes <= n_participants * n_statements:
-        raise ValueError("total_votes must be between n_participants and n_participants * n_statements")
+        raise ValueError("total_votes must lie in [n_participants, n_participants * n_statements]")
     raw = rng.lognormal(mean=0.0, sigma=1.0, size=n_participants)
     # Find a scale so that the clipped, rounded counts sum close to the target (bisection).
     lo, hi = 0.0, float(n_statements) * 4.0 / raw.min()
@@ -99,11 +120,23 @@ def _exact_counts(rng: np.random.Generator, n_participants: int, n_statements: i
     return counts
 
 
-def generate(n_participants: int, n_statements: int, *, n_groups: int = 4, seed: int = 0,
-             vote_fraction: tuple[float, float] = (0.10, 0.60),
-             total_votes: int | None = None, consensus_share: float = 0.3,
-             group_concentration: float = 4.0, shuffle: bool = True) -> Conversation:
+def generate(
+    n_participants: int,
+    n_statements: int,
+    *,
+    n_groups: int = 4,
+    seed: int = 0,
+    vote_fraction: tuple[float, float] = (0.10, 0.60),
+    total_votes: int | None = None,
+    consensus_share: float = 0.3,
+    group_concentration: float = 4.0,
+    shuffle: bool = True,
+    layout: str = "planar",
+) -> Conversation:
     """Generate a conversation. Same arguments, same arrays (bit for bit).
+
+    ``layout`` places the groups' opinions (see ``_propensities``): "planar" (default) or
+    "independent".
 
     ``group_concentration`` is the Dirichlet parameter of the group sizes (higher = more even).
     ``shuffle`` interleaves the votes in a random order, as a database would return them in time
@@ -112,7 +145,7 @@ def generate(n_participants: int, n_statements: int, *, n_groups: int = 4, seed:
     if n_participants < 1 or n_statements < 1 or n_groups < 1:
         raise ValueError("sizes must be positive")
     rng = np.random.default_rng(seed)
-    cum = _propensities(rng, n_groups, n_statements, consensus_share)
+    cum = _propensities(rng, n_groups, n_statements, consensus_share, layout)
     shares = rng.dirichlet(np.full(n_groups, group_concentration))
     group = rng.choice(n_groups, size=n_participants, p=shares).astype(np.int16)
 
@@ -163,9 +196,16 @@ def generate(n_participants: int, n_statements: int, *, n_groups: int = 4, seed:
         statement = statement[order]
         value = value[order]
         del order
-    return Conversation(participant=participant, statement=statement, value=value, group=group,
-                        n_participants=n_participants, n_statements=n_statements,
-                        n_groups=n_groups, seed=seed)
+    return Conversation(
+        participant=participant,
+        statement=statement,
+        value=value,
+        group=group,
+        n_participants=n_participants,
+        n_statements=n_statements,
+        n_groups=n_groups,
+        seed=seed,
+    )
 
 
 def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
@@ -205,15 +245,22 @@ def _main() -> None:
     ap.add_argument("--total-votes", type=int, default=None)
     args = ap.parse_args()
     t0 = time.perf_counter()
-    conv = generate(args.participants, args.statements, n_groups=args.groups, seed=args.seed,
-                    total_votes=args.total_votes)
+    conv = generate(
+        args.participants,
+        args.statements,
+        n_groups=args.groups,
+        seed=args.seed,
+        total_votes=args.total_votes,
+    )
     dt = time.perf_counter() - t0
     per = np.bincount(conv.participant, minlength=conv.n_participants)
-    print(f"{conv.n_participants} x {conv.n_statements}: {conv.n_votes:,} votes in {dt:.2f} s, "
-          f"{conv.nbytes() / 2**20:.0f} MiB; votes per participant min {per.min()} "
-          f"median {int(np.median(per))} max {per.max()}; group sizes "
-          f"{np.bincount(conv.group).tolist()}; values (-1, 0, +1) "
-          f"{np.bincount(conv.value + 1, minlength=3).tolist()}")
+    print(
+        f"{conv.n_participants} x {conv.n_statements}: {conv.n_votes:,} votes in {dt:.2f} s, "
+        f"{conv.nbytes() / 2**20:.0f} MiB; votes per participant min {per.min()} "
+        f"median {int(np.median(per))} max {per.max()}; group sizes "
+        f"{np.bincount(conv.group).tolist()}; values (-1, 0, +1) "
+        f"{np.bincount(conv.value + 1, minlength=3).tolist()}"
+    )
 
 
 if __name__ == "__main__":

@@ -1,13 +1,226 @@
 """The analysis worker: recomputes round snapshots off the request path.
 
-Filled in by the analysis integration; `init_worker` starts it when configured.
+One loop (`AnalysisWorker.run`): about every second, ask which rounds' votes or moderation
+moved past their latest snapshot (`rounds_needing_analysis`), and refresh each of them, at most
+once every ANALYSIS_DEBOUNCE_SECONDS per round. Every exception is caught and logged; a round
+whose analysis fails is retried with a growing back-off (up to a minute), and its previous
+snapshot stays.
+
+Where the loop runs (config ANALYSIS_WORKER):
+- "thread" (default): one daemon thread per app and process, started by the first request the
+  process serves, so `make run` stays one process. Starting on the first request (not in
+  create_app) keeps CLI commands (`deliberate db upgrade`, ...) and the reloader's watcher
+  process free of workers, and works with servers that fork after loading the app.
+- "off": nothing here; run `deliberate worker` as its own process (or nothing, in tests).
+
+Numeric libraries: the analysis should use one core per worker. `deliberate worker` sets
+OPENBLAS/OMP/MKL_NUM_THREADS=1 before numpy is first imported. In "thread" mode numpy is
+loaded by the web process; set those variables in the server's environment (for example
+`OPENBLAS_NUM_THREADS=1 gunicorn ...`) so the analysis does not compete with requests for
+every core; the worker also limits BLAS threads with threadpoolctl when it is installed.
 """
 
 from __future__ import annotations
 
+import atexit
+import logging
+import os
+import threading
+import time
+
 from flask import Flask
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 1.0
+SCHEDULE_SECONDS = 30.0  # how often rounds are opened and closed by their scheduled times
+MAX_BACKOFF_SECONDS = 60.0
+NUMERIC_THREAD_VARIABLES = (
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
+EXTENSION_KEY = "deliberate.analysis_worker"
+_start_lock = threading.Lock()
+
+
+def pin_numeric_threads() -> bool:
+    """Ask numeric libraries for one thread each; return whether it took effect for numpy.
+
+    The variables only work before numpy is first imported; afterwards threadpoolctl (if
+    installed) limits the already loaded BLAS.
+    """
+    import sys
+
+    for name in NUMERIC_THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
+    if "numpy" not in sys.modules:
+        return True
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        log.warning("numpy was loaded before the thread limits were set; BLAS may use every core")
+        return False
+    threadpool_limits(1)
+    return True
+
+
+class AnalysisWorker:
+    """The worker loop over one app; `run` in the foreground or `start` a daemon thread."""
+
+    def __init__(self, app: Flask, *, debounce: float | None = None, poll: float | None = None):
+        self.app = app
+        self.debounce = float(
+            app.config.get("ANALYSIS_DEBOUNCE_SECONDS", 3.0) if debounce is None else debounce
+        )
+        self.poll = float(min(POLL_SECONDS, max(self.debounce, 0.05)) if poll is None else poll)
+        self.stop_event = threading.Event()
+        self.thread: threading.Thread | None = None
+        self.pid = os.getpid()
+        self._last_run: dict[int, float] = {}
+        self._failures: dict[int, int] = {}
+        self._last_schedule: float | None = None
+
+    def apply_schedule(self, *, force: bool = False) -> int:
+        """Open and close rounds whose scheduled times passed (every SCHEDULE_SECONDS)."""
+        from .extensions import db
+        from .services.rounds import apply_scheduled_transitions
+
+        now = time.monotonic()
+        if not force and self._last_schedule is not None:
+            if now - self._last_schedule < SCHEDULE_SECONDS:
+                return 0
+        self._last_schedule = now
+        with self.app.app_context():
+            try:
+                return len(apply_scheduled_transitions())
+            except Exception:
+                log.exception("analysis worker: applying round schedules failed")
+                return 0
+            finally:
+                db.session.remove()
+
+    # -- one pass
+    def _due(self, round_id: int, now: float) -> bool:
+        last = self._last_run.get(round_id)
+        if last is None:
+            return True
+        wait = self.debounce
+        failures = self._failures.get(round_id, 0)
+        if failures:
+            wait = min(MAX_BACKOFF_SECONDS, max(self.debounce, 1.0) * 2 ** min(failures, 10))
+        return now - last >= wait
+
+    def run_once(self, *, ignore_debounce: bool = False) -> int:
+        """Refresh every round that needs it and whose debounce expired; return how many."""
+        from .extensions import db
+        from .services.snapshots import AnalysisFailed, refresh_snapshot, rounds_needing_analysis
+
+        done = 0
+        with self.app.app_context():
+            try:
+                pending = rounds_needing_analysis()
+            except Exception:
+                log.exception("analysis worker: could not list the rounds to analyse")
+                db.session.remove()
+                return 0
+            for round_id in pending:
+                if self.stop_event.is_set():
+                    break
+                now = time.monotonic()
+                if not ignore_debounce and not self._due(round_id, now):
+                    continue
+                self._last_run[round_id] = now
+                try:
+                    if refresh_snapshot(round_id) is not None:
+                        done += 1
+                    self._failures.pop(round_id, None)
+                except AnalysisFailed:
+                    self._failures[round_id] = self._failures.get(round_id, 0) + 1
+                except Exception:
+                    self._failures[round_id] = self._failures.get(round_id, 0) + 1
+                    log.exception("analysis worker: refreshing round %s failed", round_id)
+                finally:
+                    db.session.remove()
+        return done
+
+    def drain(self) -> int:
+        """Process everything pending now, ignoring the debounce; return how many were stored."""
+        return self.run_once(ignore_debounce=True)
+
+    # -- the loop
+    def run(self) -> None:
+        """Loop until `stop()`: check about every second, refresh what is due."""
+        log.info("analysis worker started (debounce %.1f s)", self.debounce)
+        while not self.stop_event.is_set():
+            try:
+                self.apply_schedule()
+                self.run_once()
+            except Exception:  # never let the loop die
+                log.exception("analysis worker: unexpected error")
+            self.stop_event.wait(self.poll)
+        log.info("analysis worker stopped")
+
+    def start(self) -> AnalysisWorker:
+        """Start the loop in a daemon thread."""
+        self.thread = threading.Thread(target=self.run, name="deliberate-analysis", daemon=True)
+        self.thread.start()
+        return self
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Ask the loop to stop and wait for the thread (a running analysis finishes first)."""
+        self.stop_event.set()
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+
+    @property
+    def alive(self) -> bool:
+        return self.thread is not None and self.thread.is_alive()
+
+
+def ensure_worker_thread(app: Flask) -> AnalysisWorker | None:
+    """Start the app's worker thread in this process unless it already runs (or is off)."""
+    if app.config.get("ANALYSIS_WORKER") != "thread":
+        return None
+    worker = app.extensions.get(EXTENSION_KEY)
+    if (
+        worker is not None
+        and worker.pid == os.getpid()
+        and (worker.alive or worker.stop_event.is_set())
+    ):
+        return worker
+    with _start_lock:
+        worker = app.extensions.get(EXTENSION_KEY)
+        if (
+            worker is not None
+            and worker.pid == os.getpid()
+            and (worker.alive or worker.stop_event.is_set())
+        ):
+            return worker
+        # A worker object inherited through fork has no thread here: start a fresh one.
+        worker = AnalysisWorker(app).start()
+        app.extensions[EXTENSION_KEY] = worker
+        atexit.register(worker.stop, 2.0)
+    return worker
 
 
 def init_worker(app: Flask) -> None:
-    """Start the in-process analysis worker thread when ANALYSIS_WORKER == 'thread'."""
-    return None
+    """Start the in-process analysis worker thread when ANALYSIS_WORKER == 'thread'.
+
+    The thread starts with the first request this process serves (see the module docstring).
+    """
+    mode = app.config.get("ANALYSIS_WORKER", "thread")
+    if mode not in ("thread", "off"):
+        from .config import ConfigError
+
+        raise ConfigError("ANALYSIS_WORKER must be 'thread' or 'off'")
+    if mode != "thread":
+        return
+
+    @app.before_request
+    def _start_analysis_worker() -> None:
+        worker = app.extensions.get(EXTENSION_KEY)
+        if worker is None or worker.pid != os.getpid():
+            ensure_worker_thread(app)

@@ -7,6 +7,8 @@ from itertools import count
 from pathlib import Path
 
 import pytest
+from flask import g, has_app_context
+from flask.testing import FlaskClient
 
 from deliberate import create_app
 from deliberate.extensions import db as _db
@@ -60,9 +62,28 @@ def app_config(tmp_path, template_db) -> dict:
     return make_config(tmp_path, db_file)
 
 
+class RequestIsolatedClient(FlaskClient):
+    """A test client whose requests never see the user logged in by an earlier request.
+
+    The `app` fixture keeps one app context open for the whole test and Flask reuses it for
+    requests, so `g` (where Flask-Login caches the current user) would otherwise carry the
+    logged-in user over from one request, or one client, to the next.
+    """
+
+    def open(self, *args, **kwargs):
+        if has_app_context():
+            g.pop("_login_user", None)
+        try:
+            return super().open(*args, **kwargs)
+        finally:
+            if has_app_context():
+                g.pop("_login_user", None)
+
+
 @pytest.fixture
 def app(app_config):
     app = create_app(app_config)
+    app.test_client_class = RequestIsolatedClient
     with app.app_context():
         yield app
         _db.session.remove()

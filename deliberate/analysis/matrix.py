@@ -150,8 +150,13 @@ class Votes:
         # appearance and to resolve duplicate cells.
         created_sorted = c is None or n == 0 or bool(np.all(c[1:] >= c[:-1]))
         # First appearance of each participant: minimum event rank.
+        codes_sorted = n > 0 and bool(np.all(p_code[1:] >= p_code[:-1]))
         if n == 0:
             row_of_code = np.zeros(0, np.int32)
+        elif created_sorted and codes_sorted:
+            # Participants appear in id order already (e.g. votes ordered by participant): the
+            # first-appearance order is the id order, no work needed.
+            row_of_code = None
         else:
             if created_sorted:
                 first = np.full(n_rows, n, dtype=np.int64)
@@ -159,7 +164,8 @@ class Votes:
                 order = np.argsort(first, kind="stable")
             else:
                 cf = c.astype(np.float64) if c.dtype.kind != "M" else c.astype(np.int64)
-                first_c = np.full(n_rows, np.inf if cf.dtype.kind == "f" else np.iinfo(np.int64).max, cf.dtype)
+                big = np.inf if cf.dtype.kind == "f" else np.iinfo(np.int64).max
+                first_c = np.full(n_rows, big, cf.dtype)
                 np.minimum.at(first_c, p_code, cf)
                 first = np.full(n_rows, n, dtype=np.int64)
                 np.minimum.at(first, p_code, np.arange(n, dtype=np.int64))
@@ -167,7 +173,12 @@ class Votes:
             row_of_code = np.empty(n_rows, np.int32)
             row_of_code[order] = np.arange(n_rows, dtype=np.int32)
             p_ids = p_ids[order]
-        row = row_of_code[p_code] if n else np.zeros(0, np.int32)
+        if row_of_code is None:
+            row = p_code
+        elif n:
+            row = row_of_code[p_code]
+        else:
+            row = np.zeros(0, np.int32)
         col = s_code
 
         # Group entries by blocks of rows (a block index fits uint16, so numpy's stable sort is
@@ -183,52 +194,51 @@ class Votes:
             row, col, v = row[perm], col[perm], v[perm]
             if c is not None:
                 c = c[perm]
-            pos = perm
-        else:
-            pos = None
-        blk_counts = np.bincount(row // block_rows, minlength=n_blocks) if n else np.zeros(0, np.int64)
-        block_ptr = np.zeros(n_blocks + 1, np.int64)
-        np.cumsum(blk_counts, out=block_ptr[1:])
+        # Entries are now grouped by block (block index non-decreasing): find block bounds.
+        blk_sorted = row if block_rows == 1 else row // block_rows
+        bounds = np.arange(n_blocks + 1, dtype=blk_sorted.dtype)
+        block_ptr = np.searchsorted(blk_sorted, bounds).astype(np.int64)
+        del blk_sorted
 
-        # Latest vote wins: detect duplicate cells chunk by chunk with a reusable bitmap (O(n)),
-        # and only sort the chunks that actually hold duplicates.
+        # Latest vote wins. Chunk by chunk of rows, count the votes per cell (bincount over the
+        # chunk's cells: O(votes + chunk cells)); only entries in cells with several votes are
+        # then resolved, keeping the largest (created, position). Entries of one cell share a
+        # block and the block sort is stable, so the local index orders them by position.
         keep_parts = []
         any_dup = False
-        rows_per_chunk = max(block_rows, (_CHUNK_CELLS // max(n_cols, 1)) // block_rows * block_rows)
+        rows_per_chunk = max(
+            block_rows, (_CHUNK_CELLS // max(n_cols, 1)) // block_rows * block_rows
+        )
         blocks_per_chunk = max(1, rows_per_chunk // block_rows)
-        # stamp[cell] = position of an entry writing that cell; with no duplicates every entry
-        # reads back its own position (whichever duplicate numpy writes last, some entry differs).
-        stamp = np.empty(rows_per_chunk * max(n_cols, 1), dtype=np.int32)
+        cells = rows_per_chunk * max(n_cols, 1)
         for b0 in range(0, n_blocks, blocks_per_chunk):
             b1 = min(n_blocks, b0 + blocks_per_chunk)
             a, z = int(block_ptr[b0]), int(block_ptr[b1])
             if a == z:
                 continue
             key = (row[a:z].astype(np.int64) - b0 * block_rows) * n_cols + col[a:z]
-            local = np.arange(z - a, dtype=np.int32)
-            stamp[key] = local
-            if np.array_equal(stamp[key], local):
+            cnt = np.bincount(key, minlength=cells)
+            if cnt.max() <= 1:
                 continue
             any_dup = True
-            # Resolve: for each cell keep the event with the largest (created, position).
-            position = (pos[a:z] if pos is not None else np.arange(a, z)).astype(np.int64)
-            if c is not None:
-                o = np.lexsort((position, c[a:z], key))
-            else:
-                o = np.lexsort((position, key))
-            ks = key[o]
-            last = np.ones(ks.size, dtype=bool)
-            last[:-1] = ks[1:] != ks[:-1]
-            drop = np.ones(z - a, dtype=bool)
-            drop[o[last]] = False
-            keep_parts.append((a, z, ~drop))
+            idx = np.flatnonzero(cnt[key] > 1)  # entries in duplicated cells, in position order
+            k2 = key[idx]
+            o = np.lexsort((idx, c[a:z][idx], k2)) if c is not None else np.lexsort((idx, k2))
+            ks = k2[o]
+            loser = np.ones(ks.size, dtype=bool)
+            loser[:-1] = ks[1:] == ks[:-1]
+            loser[-1] = False
+            keep_chunk = np.ones(z - a, dtype=bool)
+            keep_chunk[idx[o[loser]]] = False
+            keep_parts.append((a, z, keep_chunk))
         if any_dup:
             keep = np.ones(n, dtype=bool)
             for a, z, k in keep_parts:
                 keep[a:z] = k
             row, col, v = row[keep], col[keep], v[keep]
-            blk_counts = np.bincount(row // block_rows, minlength=n_blocks)
-            np.cumsum(blk_counts, out=block_ptr[1:])
+            blk_sorted = row if block_rows == 1 else row // block_rows
+            bounds = np.arange(n_blocks + 1, dtype=blk_sorted.dtype)
+            block_ptr = np.searchsorted(blk_sorted, bounds).astype(np.int64)
 
         last_created = None
         if c is not None and n:
@@ -274,7 +284,19 @@ class Votes:
 
     def row_counts(self) -> np.ndarray:
         """(n_rows,) int64: votes per participant (passes included) - Pol.is user-vote-counts."""
-        return np.bincount(self.row, minlength=self.n_rows)
+        out = np.zeros(self.n_rows, np.int64)
+        for a, b in self.entry_chunks():
+            out += np.bincount(self.row[a:b], minlength=self.n_rows)
+        return out
+
+    def entry_chunks(self, size: int = 1 << 20) -> Iterable[tuple[int, int]]:
+        """Yield (start, end) slices of the entries, ``size`` at a time.
+
+        Every per-vote pass (bincounts, gathers) runs over these slices so its temporaries stay
+        small and cache-resident instead of allocating (and page-faulting) nnz-sized arrays.
+        """
+        for a in range(0, self.nnz, size):
+            yield a, min(self.nnz, a + size)
 
     def chunks(self, cells: int = _CHUNK_CELLS) -> Iterable[tuple[int, int, int, int]]:
         """Yield (first_row, end_row, first_entry, end_entry) for row chunks of ~``cells`` cells."""

@@ -17,8 +17,11 @@ Deliberate differences from Pol.is (documented here and in ``Params``):
 * deterministic signs: on a cold start the largest-|loading| entry of each component is made
   positive; afterwards a component is flipped when its dot product with the previous snapshot's
   component (on the statements both share) is negative, so the map does not mirror;
-* the Gram matrix may be accumulated in float32 for very large inputs (``Params.pca_float32_cells``),
-  which changes components by about 1e-6 - invisible on a map, and never used on small inputs.
+* the Gram matrix may be accumulated in float32 for very large inputs
+  (``Params.pca_float32_cells``), which changes components by about 1e-6 - invisible on a map,
+  and never used on small inputs;
+* participant projections are summed in fixed point (multiples of 2^-32), so they are exactly
+  independent of the order of the votes (see :func:`project_participants`).
 """
 
 from __future__ import annotations
@@ -29,8 +32,14 @@ import numpy as np
 
 from .matrix import Votes
 
-__all__ = ["PCAResult", "column_means", "centred_values", "fit_pca", "project_participants",
-           "project_statements"]
+__all__ = [
+    "PCAResult",
+    "column_means",
+    "centred_values",
+    "fit_pca",
+    "project_participants",
+    "project_statements",
+]
 
 
 @dataclass(frozen=True)
@@ -57,23 +66,32 @@ def column_means(votes: Votes, mod_out: np.ndarray) -> np.ndarray:
     mod_out : (n_cols,) bool, moderated-out columns.
     """
     n_cols = votes.n_cols
-    sums = np.bincount(votes.col, weights=votes.value.astype(np.float64), minlength=n_cols)
-    cnt = np.bincount(votes.col, minlength=n_cols)
+    sums = np.zeros(n_cols)
+    cnt = np.zeros(n_cols, np.int64)
+    for a, b in votes.entry_chunks():
+        c = votes.col[a:b]
+        sums += np.bincount(c, weights=votes.value[a:b], minlength=n_cols)
+        cnt += np.bincount(c, minlength=n_cols)
     center = sums / np.maximum(cnt, 1)
     center[mod_out] = 0.0
     return center
 
 
-def centred_values(votes: Votes, center: np.ndarray, mod_out: np.ndarray) -> np.ndarray:
-    """(nnz,) float64 entries of the centred matrix C at the voted cells; 0 on mod-out columns."""
-    w = votes.value.astype(np.float64) - center[votes.col]
-    if mod_out.any():
-        w[mod_out[votes.col]] = 0.0
+def centred_values(
+    votes: Votes, center: np.ndarray, mod_out: np.ndarray, a: int = 0, b: int | None = None
+) -> np.ndarray:
+    """(b - a,) float64 entries of C at the voted cells a..b; 0 on mod-out columns."""
+    b = votes.nnz if b is None else b
+    c = votes.col[a:b]
+    w = votes.value[a:b] - center[c]
+    w[mod_out[c]] = 0.0
     return w
 
 
-def _gram(votes: Votes, w: np.ndarray, dtype: type, chunk_cells: int) -> np.ndarray:
-    """(n_cols, n_cols) float64 ``CᵀC`` from row chunks densified ``chunk_cells`` cells at a time."""
+def _gram(
+    votes: Votes, center: np.ndarray, mod_out: np.ndarray, dtype: type, chunk_cells: int
+) -> np.ndarray:
+    """(n_cols, n_cols) float64 ``CᵀC`` from row chunks densified ``chunk_cells`` cells each."""
     n_cols = votes.n_cols
     g = np.zeros((n_cols, n_cols), dtype=np.float64)
     buf = None
@@ -84,9 +102,11 @@ def _gram(votes: Votes, w: np.ndarray, dtype: type, chunk_cells: int) -> np.ndar
         if buf is None or buf.shape[0] < rows:
             buf = np.zeros((rows, n_cols), dtype=dtype)
         d = buf[:rows]
-        d[votes.row[a:z] - r0, votes.col[a:z]] = w[a:z]
+        rr = votes.row[a:z] - r0
+        cc = votes.col[a:z]
+        d[rr, cc] = centred_values(votes, center, mod_out, a, z)
         g += d.T @ d  # numpy dispatches A.T @ A to BLAS syrk
-        d[votes.row[a:z] - r0, votes.col[a:z]] = 0  # reset only what was written
+        d[rr, cc] = 0  # reset only what was written
     return g
 
 
@@ -96,7 +116,7 @@ def _top_eig_dense(g: np.ndarray, n_top: int = 2) -> tuple[np.ndarray, np.ndarra
     Returns eigenvalues (n_top,) descending and vectors (n, n_top).
     """
     n = g.shape[0]
-    if n <= 1200:
+    if n <= 300:  # eigh is cheap and exact; above, subspace iteration is several times faster
         vals, vecs = np.linalg.eigh(g)
         return vals[::-1][:n_top], vecs[:, ::-1][:, :n_top]
     # Subspace iteration with Rayleigh-Ritz, run to convergence (residual <= 1e-12 * lambda_1).
@@ -119,9 +139,16 @@ def _top_eig_dense(g: np.ndarray, n_top: int = 2) -> tuple[np.ndarray, np.ndarra
     return vals[::-1][:n_top], vecs[:, ::-1][:, :n_top]
 
 
-def _top_eig_sparse(votes: Votes, w: np.ndarray, n_top: int = 2,
-                    start: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Top eigenpairs of ``CᵀC`` without forming it: block subspace iteration, sparse products."""
+def _top_eig_sparse(
+    votes: Votes,
+    center: np.ndarray,
+    mod_out: np.ndarray,
+    n_top: int = 2,
+    start: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top eigenpairs of ``CᵀC`` without forming it: block subspace iteration (Rayleigh-Ritz
+    every step) run to convergence, with ``C`` applied through sparse products over chunks of
+    votes (``np.bincount``), recomputing ``C``'s entries on the fly (no nnz-sized arrays)."""
     n_rows, n_cols = votes.n_rows, votes.n_cols
     p = min(n_cols, 8)
     rng = np.random.default_rng(20240601)
@@ -129,14 +156,22 @@ def _top_eig_sparse(votes: Votes, w: np.ndarray, n_top: int = 2,
     if start is not None:
         x[:, : start.shape[1]] = start
     x, _ = np.linalg.qr(x)
-    row, col = votes.row, votes.col
 
     def apply(xm: np.ndarray) -> np.ndarray:
-        out = np.empty_like(xm)
-        for j in range(xm.shape[1]):
-            cv = np.bincount(row, weights=w * xm[col, j], minlength=n_rows)
-            out[:, j] = np.bincount(col, weights=w * cv[row], minlength=n_cols)
-        return out
+        xt = np.ascontiguousarray(xm.T)  # (p, n_cols): 1-D gathers from small contiguous rows
+        y = np.zeros((xm.shape[1], n_rows))
+        for a, b in votes.entry_chunks():
+            r, c = votes.row[a:b].astype(np.intp), votes.col[a:b].astype(np.intp)
+            wv = centred_values(votes, center, mod_out, a, b)
+            for j in range(xt.shape[0]):
+                y[j] += np.bincount(r, weights=xt[j][c] * wv, minlength=n_rows)
+        z = np.zeros((xm.shape[1], n_cols))
+        for a, b in votes.entry_chunks():
+            r, c = votes.row[a:b].astype(np.intp), votes.col[a:b].astype(np.intp)
+            wv = centred_values(votes, center, mod_out, a, b)
+            for j in range(xt.shape[0]):
+                z[j] += np.bincount(c, weights=y[j][r] * wv, minlength=n_cols)
+        return z.T
 
     hv = np.zeros(p)
     for _ in range(2000):
@@ -180,7 +215,8 @@ def fit_pca(
     gram_max_statements: int = 4000,
     float32_cells: int = 20_000_000,
     chunk_cells: int = 4_000_000,
-) -> tuple[PCAResult, np.ndarray]:
+    gram_cost_factor: float = 20_000.0,
+) -> PCAResult:
     """Column means and the top two principal components of the moderated matrix.
 
     Parameters
@@ -192,22 +228,32 @@ def fit_pca(
 
     Returns
     -------
-    pca : PCAResult.
-    w : (nnz,) centred values ``C`` at the voted cells (reused by the projection).
+    PCAResult.
     """
     n_rows, n_cols = votes.n_rows, votes.n_cols
     center = column_means(votes, mod_out)
-    w = centred_values(votes, center, mod_out)
     comps = np.zeros((2, n_cols))
     vals = np.zeros(2)
-    if n_rows == 0 or n_cols == 0 or not w.any():
-        return PCAResult(center, comps, vals), w
-    if n_cols <= gram_max_statements:
+    if n_rows == 0 or n_cols == 0:
+        return PCAResult(center, comps, vals)
+    # CᵀC by dense chunks costs ~ n_rows * n_cols^2 flops (BLAS); the sparse iteration costs a
+    # few hundred passes over the votes. Take the Gram route when it is cheaper (always for
+    # small conversations, where it is also exact to machine precision).
+    gram_cheaper = n_rows * n_cols * n_cols <= gram_cost_factor * max(votes.nnz, 1)
+    if n_cols <= gram_max_statements and gram_cheaper:
         dtype = np.float32 if n_rows * n_cols > float32_cells else np.float64
-        g = _gram(votes, w, dtype, chunk_cells)
+        g = _gram(votes, center, mod_out, dtype, chunk_cells)
+        if not g.any():
+            return PCAResult(center, comps, vals)
         ev, vec = _top_eig_dense(g, 2)
     else:
-        ev, vec = _top_eig_sparse(votes, w, 2, None if previous is None else previous.T)
+        if not np.any(votes.value != 0) and not center.any():
+            return PCAResult(center, comps, vals)
+        ev, vec = _top_eig_sparse(
+            votes, center, mod_out, 2, None if previous is None else previous.T
+        )
+        if ev.size and ev[0] <= 0:
+            return PCAResult(center, comps, vals)
     k = ev.size
     vals[:k] = np.maximum(ev, 0.0)
     comps[:k] = vec.T
@@ -219,11 +265,12 @@ def fit_pca(
             vals[i] = 0.0
     comps /= np.maximum(np.linalg.norm(comps, axis=1, keepdims=True), 1e-300)
     comps = _fix_signs(comps, previous)
-    return PCAResult(center, comps, vals), w
+    return PCAResult(center, comps, vals)
 
 
-def project_participants(votes: Votes, w: np.ndarray, comps: np.ndarray,
-                         mod_out: np.ndarray) -> np.ndarray:
+def project_participants(
+    votes: Votes, center: np.ndarray, comps: np.ndarray, mod_out: np.ndarray
+) -> np.ndarray:
     """Sparsity-aware projection of every participant (Pol.is ``sparsity-aware-project-ptpt``).
 
     ``proj(i) = sqrt(n_cols / max(n_i, 1)) * sum_j C[i, j] comps[:, j]`` where ``n_i`` counts the
@@ -234,23 +281,32 @@ def project_participants(votes: Votes, w: np.ndarray, comps: np.ndarray,
     -------
     (n_rows, 2) float64.
     """
-    n_rows = votes.n_rows
+    n_rows, n_cols = votes.n_rows, votes.n_cols
     out = np.zeros((n_rows, 2))
     if n_rows == 0:
         return out
-    for k in range(2):
-        if comps[k].any():
-            out[:, k] = np.bincount(votes.row, weights=w * comps[k][votes.col], minlength=n_rows)
-    out *= participant_scale(votes, mod_out)[:, None]
+    n_i = np.zeros(n_rows)
+    # Per-column weights: (v - center_j) * comps[k, j] = v * q_j - r_j with q = comps[k] and
+    # r = center * comps[k], both rounded to multiples of 1/scale. Every term is then an integer
+    # multiple of 1/scale of magnitude <= 2 * scale, and a row has at most n_cols terms, so with
+    # scale = 2^(52 - ceil(log2(2 n_cols))) float64 row sums are EXACT and do not depend on the
+    # order of the votes: participants with identical votes get bit-identical positions, whatever
+    # order the votes arrive in (determinism, permutation invariance). Rounding error per vote:
+    # <= 0.5/scale (2^-46 for 50 statements, 2^-38 for 10,000), far below anything visible.
+    live = (~mod_out).astype(np.float64)
+    scale = 2.0 ** min(48, 52 - int(np.ceil(np.log2(2 * max(n_cols, 1)))))
+    cc = [np.round(comps[k] * live * scale) for k in range(2)]
+    cm = [np.round(center * comps[k] * live * scale) for k in range(2)]
+    for a, b in votes.entry_chunks():
+        r, c = votes.row[a:b], votes.col[a:b]
+        v = votes.value[a:b]
+        for k in range(2):
+            out[:, k] += np.bincount(r, weights=v * cc[k][c] - cm[k][c], minlength=n_rows)
+        n_i += np.bincount(r, weights=live[c], minlength=n_rows)
+    out /= scale
+    n_i += int(mod_out.sum())
+    out *= np.sqrt(n_cols / np.maximum(n_i, 1))[:, None]
     return out
-
-
-def participant_scale(votes: Votes, mod_out: np.ndarray) -> np.ndarray:
-    """(n_rows,) ``sqrt(n_cols / max(n_i, 1))``, the "jetpack" factor of the projection."""
-    n_cols = votes.n_cols
-    in_mod = mod_out[votes.col]
-    n_i = np.bincount(votes.row[~in_mod], minlength=votes.n_rows) + int(mod_out.sum())
-    return np.sqrt(n_cols / np.maximum(n_i, 1))
 
 
 def project_statements(center: np.ndarray, comps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

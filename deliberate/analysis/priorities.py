@@ -17,9 +17,13 @@ import numpy as np
 __all__ = ["draw_weighted", "routing_weights"]
 
 
-def routing_weights(candidates: Sequence[Any], priorities: Mapping[Any, float],
-                    prior: float = 5.0625, meta: frozenset = frozenset(),
-                    meta_priority: float = 7.0) -> np.ndarray:
+def routing_weights(
+    candidates: Sequence[Any],
+    priorities: Mapping[Any, float],
+    prior: float = 5.0625,
+    meta: frozenset = frozenset(),
+    meta_priority: float = 7.0,
+) -> np.ndarray:
     """(n,) weights for ``candidates``: their priority, or the explicit prior when unknown.
 
     ``priorities`` may be keyed by the ids themselves or by ``str(id)`` (as in ``to_dict``).
@@ -35,8 +39,9 @@ def routing_weights(candidates: Sequence[Any], priorities: Mapping[Any, float],
     return out
 
 
-def draw_weighted(candidates: Sequence[Any], weights: Sequence[float] | np.ndarray,
-                  rng: np.random.Generator) -> Any:
+def draw_weighted(
+    candidates: Sequence[Any], weights: Sequence[float] | np.ndarray, rng: np.random.Generator
+) -> Any:
     """Pick one candidate with probability proportional to its weight (Pol.is's draw).
 
     Cumulative sums in candidate order, r = uniform * total, the first candidate whose cumulative

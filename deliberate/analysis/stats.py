@@ -10,15 +10,25 @@ import numpy as np
 
 from .matrix import Votes
 
-__all__ = ["Z90", "group_counts", "prop_test", "two_prop_test", "select_repness",
-           "group_informed_consensus", "consensus_lists"]
+__all__ = [
+    "Z90",
+    "group_counts",
+    "prop_test",
+    "two_prop_test",
+    "select_repness",
+    "group_informed_consensus",
+    "consensus_lists",
+]
 
 Z90 = 1.2816  # Pol.is ``z-sig-90?`` threshold (one-sided 90 %), exactly as Pol.is writes it
 
 
-def group_counts(votes: Votes, group_of_row: np.ndarray, n_groups: int,
-                 weights: np.ndarray | None = None) -> np.ndarray:
+def group_counts(
+    votes: Votes, group_of_row: np.ndarray, n_groups: int, weights: np.ndarray | None = None
+) -> np.ndarray:
     """Agree / disagree / pass counts per group and statement over the raw matrix.
+
+    One ``np.bincount`` per chunk of votes over key = (category, group, column): O(votes).
 
     Parameters
     ----------
@@ -30,24 +40,34 @@ def group_counts(votes: Votes, group_of_row: np.ndarray, n_groups: int,
     (3, n_groups, n_cols) array: [agree, disagree, pass]; int64 without weights.
     """
     n_cols = votes.n_cols
-    g = group_of_row[votes.row]
-    sel = g >= 0
-    if not sel.all():
-        g = g[sel]
-        col = votes.col[sel]
-        val = votes.value[sel]
-        row = votes.row[sel]
-    else:
-        col, val, row = votes.col, votes.value, votes.row
-    # category: 0 agree, 1 disagree, 2 pass
-    cat = np.where(val > 0, 0, np.where(val < 0, 1, 2)).astype(np.int64)
-    key = (cat * n_groups + g) * n_cols + col
     size = 3 * n_groups * n_cols
-    if weights is None:
-        out = np.bincount(key, minlength=size)
-    else:
-        out = np.bincount(key, weights=weights[row], minlength=size)
-    return out.reshape(3, n_groups, n_cols)
+    out = np.zeros(size, np.float64 if weights is not None else np.int64)
+    if size == 0:
+        return out.reshape(3, n_groups, n_cols)
+    gor = np.asarray(group_of_row, dtype=np.int64)
+    any_none = bool((gor < 0).any())
+    for a, b in votes.entry_chunks(max(1 << 20, size)):
+        r = votes.row[a:b]
+        g = gor[r]
+        # category 0 agree, 1 pass, 2 disagree (= 1 - value); reordered below
+        key = ((1 - votes.value[a:b]).astype(np.int64) * n_groups + g) * n_cols + votes.col[a:b]
+        if any_none:
+            sel = g >= 0
+            key = key[sel]
+            r = r[sel]
+        if weights is None:
+            out += np.bincount(key, minlength=size)
+        else:
+            out += np.bincount(key, weights=weights[r], minlength=size)
+    return out.reshape(3, n_groups, n_cols)[[0, 2, 1]]
+
+
+def counts_with_total(
+    votes: Votes, group_of_row: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Group counts (3, n_groups, n_cols) and every participant's counts (3, n_cols), one pass."""
+    both = group_counts(votes, np.asarray(group_of_row) + 1, n_groups + 1)
+    return both[:, 1:, :], both.sum(axis=1)
 
 
 def prop_test(succ: np.ndarray, n: np.ndarray) -> np.ndarray:
@@ -70,27 +90,48 @@ def _comment_stats(na, nd, ns, NA, ND, NS) -> dict[str, np.ndarray]:
     pa = (na + 1.0) / (ns + 2.0)
     pd = (nd + 1.0) / (ns + 2.0)
     return {
-        "na": na, "nd": nd, "ns": ns,
-        "pa": pa, "pd": pd,
-        "pat": prop_test(na, ns), "pdt": prop_test(nd, ns),
-        "ra": pa / ((NA + 1.0) / (NS + 2.0)), "rd": pd / ((ND + 1.0) / (NS + 2.0)),
-        "rat": two_prop_test(na, NA, ns, NS), "rdt": two_prop_test(nd, ND, ns, NS),
+        "na": na,
+        "nd": nd,
+        "ns": ns,
+        "pa": pa,
+        "pd": pd,
+        "pat": prop_test(na, ns),
+        "pdt": prop_test(nd, ns),
+        "ra": pa / ((NA + 1.0) / (NS + 2.0)),
+        "rd": pd / ((ND + 1.0) / (NS + 2.0)),
+        "rat": two_prop_test(na, NA, ns, NS),
+        "rdt": two_prop_test(nd, ND, ns, NS),
     }
 
 
 def _finalize(j: int, s: dict[str, list], sid) -> dict:
     """Pol.is ``finalize-cmt-stats``: agree fields iff rat > rdt (strictly), else disagree."""
     if s["rat"][j] > s["rdt"][j]:
-        return {"statement": sid, "n_success": int(s["na"][j]), "n_trials": int(s["ns"][j]),
-                "p_success": s["pa"][j], "p_test": s["pat"][j], "repness": s["ra"][j],
-                "repness_test": float(np.float32(s["rat"][j])), "direction": "agree"}
-    return {"statement": sid, "n_success": int(s["nd"][j]), "n_trials": int(s["ns"][j]),
-            "p_success": s["pd"][j], "p_test": s["pdt"][j], "repness": s["rd"][j],
-            "repness_test": float(np.float32(s["rdt"][j])), "direction": "disagree"}
+        return {
+            "statement": sid,
+            "n_success": int(s["na"][j]),
+            "n_trials": int(s["ns"][j]),
+            "p_success": s["pa"][j],
+            "p_test": s["pat"][j],
+            "repness": s["ra"][j],
+            "repness_test": float(np.float32(s["rat"][j])),
+            "direction": "agree",
+        }
+    return {
+        "statement": sid,
+        "n_success": int(s["nd"][j]),
+        "n_trials": int(s["ns"][j]),
+        "p_success": s["pd"][j],
+        "p_test": s["pdt"][j],
+        "repness": s["rd"][j],
+        "repness_test": float(np.float32(s["rdt"][j])),
+        "direction": "disagree",
+    }
 
 
-def select_repness(counts: np.ndarray, mod_out: np.ndarray, statement_ids: list,
-                   max_n: int = 5) -> list[list[dict]]:
+def select_repness(
+    counts: np.ndarray, mod_out: np.ndarray, statement_ids: list, max_n: int = 5
+) -> list[list[dict]]:
     """Representative statements per group, with Pol.is's exact selection rules (spec §5).
 
     Parameters
@@ -143,8 +184,13 @@ def select_repness(counts: np.ndarray, mod_out: np.ndarray, statement_ids: list,
             if win:
                 best_agree = j
         if best_agree is not None:
-            head = [dict(_finalize(best_agree, st, statement_ids[best_agree]),
-                         best_agree=True, n_agree=int(nal[best_agree]))]
+            head = [
+                dict(
+                    _finalize(best_agree, st, statement_ids[best_agree]),
+                    best_agree=True,
+                    n_agree=int(nal[best_agree]),
+                )
+            ]
         elif best is not None:
             head = [best]
         else:
@@ -155,8 +201,9 @@ def select_repness(counts: np.ndarray, mod_out: np.ndarray, statement_ids: list,
         rest = [e for e, j in zip(sufficient, suff_j, strict=True) if j != best_agree]
         rest.sort(key=lambda e: -(e["repness"] * e["repness_test"] * e["p_success"] * e["p_test"]))
         chosen = ((head if best_agree is not None else []) + rest)[:max_n]
-        chosen = [e for e in chosen if e["direction"] == "agree"] + \
-                 [e for e in chosen if e["direction"] != "agree"]
+        chosen = [e for e in chosen if e["direction"] == "agree"] + [
+            e for e in chosen if e["direction"] != "agree"
+        ]
         out.append(chosen)
     return out
 
@@ -176,9 +223,14 @@ def group_informed_consensus(counts: np.ndarray) -> np.ndarray:
     return np.prod((a + 1.0) / (s + 2.0), axis=0)
 
 
-def consensus_lists(agree: np.ndarray, disagree: np.ndarray, seen: np.ndarray,
-                    mod_out: np.ndarray, statement_ids: list, max_n: int = 5
-                    ) -> dict[str, list[dict]]:
+def consensus_lists(
+    agree: np.ndarray,
+    disagree: np.ndarray,
+    seen: np.ndarray,
+    mod_out: np.ndarray,
+    statement_ids: list,
+    max_n: int = 5,
+) -> dict[str, list[dict]]:
     """Pol.is ``consensus`` (spec §6.2), over all participants, mod-out statements removed.
 
     Parameters
@@ -198,15 +250,27 @@ def consensus_lists(agree: np.ndarray, disagree: np.ndarray, seen: np.ndarray,
         t = prop_test(s, ns)
         ok = np.flatnonzero((p > 0.5) & (t > Z90) & ~mod_out)
         order = ok[np.argsort(-(p[ok] * t[ok]), kind="stable")][:max_n]
-        out[name] = [{"statement": statement_ids[j], "n_success": int(s[j]),
-                      "n_trials": int(ns[j]), "p_success": float(p[j]), "p_test": float(t[j])}
-                     for j in order.tolist()]
+        out[name] = [
+            {
+                "statement": statement_ids[j],
+                "n_success": int(s[j]),
+                "n_trials": int(ns[j]),
+                "p_success": float(p[j]),
+                "p_test": float(t[j]),
+            }
+            for j in order.tolist()
+        ]
     return out
 
 
-def priorities(agree: np.ndarray, disagree: np.ndarray, seen: np.ndarray,
-               extremity: np.ndarray, is_meta: np.ndarray, meta_priority: float = 7.0
-               ) -> np.ndarray:
+def priorities(
+    agree: np.ndarray,
+    disagree: np.ndarray,
+    seen: np.ndarray,
+    extremity: np.ndarray,
+    is_meta: np.ndarray,
+    meta_priority: float = 7.0,
+) -> np.ndarray:
     """Pol.is comment priority (spec §7.1) from the CURRENT counts (Pol.is lags one update).
 
     importance = (1 - p_pass) (E + 1) p_agree; novelty = 1 + 8 * 2^(-S/5);

@@ -11,9 +11,9 @@ from flask.cli import FlaskGroup
 
 
 def register_cli(app: Flask) -> None:
-    from . import accounts, analysis, demo
+    from . import accounts, analysis, demo, rounds
 
-    for module in (accounts, demo, analysis):
+    for module in (accounts, demo, rounds, analysis):
         for command in module.commands:
             app.cli.add_command(command)
 
@@ -27,3 +27,14 @@ def _create_app():
 @click.group(cls=FlaskGroup, create_app=_create_app, help="deliberate: run and operate the app.")
 def main() -> None:
     """Entry point of the `deliberate` console script."""
+
+
+def _register_app_free_commands() -> None:
+    # `analyze` needs no app or database: on the group itself, it works without any
+    # configuration (FlaskGroup finds its own commands before loading the app).
+    from .analysis import analyze_command
+
+    main.add_command(analyze_command)
+
+
+_register_app_free_commands()

@@ -24,5 +24,8 @@ class Snapshot(db.Model):
     params: Mapped[dict] = mapped_column(JSON, default=dict)
     state: Mapped[dict] = mapped_column(JSON, default=dict)
     result: Mapped[dict] = mapped_column(JSON, default=dict)
+    # {str(statement id): routing weight}, copied out of `result` so that routing on the vote
+    # hot path loads a small column instead of the whole result.
+    priorities: Mapped[dict] = mapped_column(JSON, default=dict)
     duration_ms: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from flask import Flask, redirect, url_for
+from flask import Flask, redirect, request, url_for
 from flask_login import current_user
+from werkzeug.routing import IntegerConverter
 
+from ..database import set_write_intent
 from ..extensions import db, login_manager
 from ..models import User
 from .errors import init_error_handlers
@@ -24,8 +26,19 @@ def _load_user(session_id: str) -> User | None:
     return user
 
 
+class IdConverter(IntegerConverter):
+    """Integer URL parts limited to the database's id range: a larger one is a 404, not a 500."""
+
+    def __init__(self, map, *args, **kwargs):
+        kwargs.setdefault("max", 2**31 - 1)
+        super().__init__(map, *args, **kwargs)
+
+
 def init_web(app: Flask) -> None:
     from . import api, auth, facilitate, member, people
+
+    # Before any blueprint registers its rules: every <int:...> in a route is bounded.
+    app.url_map.converters["int"] = IdConverter
 
     login_manager.login_view = "auth.login"
     login_manager.login_message = "Please log in to continue."
@@ -49,6 +62,15 @@ def init_web(app: Flask) -> None:
     @app.get("/healthz")
     def healthz():
         return {"status": "ok"}
+
+    @app.before_request
+    def _declare_write_intent():
+        # Safe methods only read: on SQLite they then never wait for, or hold, the write lock.
+        set_write_intent(request.method not in ("GET", "HEAD", "OPTIONS"))
+
+    @app.teardown_request
+    def _reset_write_intent(_exc):
+        set_write_intent(True)
 
     init_error_handlers(app)
     init_template_helpers(app)

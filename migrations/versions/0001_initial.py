@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 09:48:26.515462
+Create Date: 2026-11-26 09:52:57.234216
 
 """
 from alembic import op
@@ -125,6 +125,7 @@ def upgrade():
     sa.Column('params', sa.JSON(), nullable=False),
     sa.Column('state', sa.JSON(), nullable=False),
     sa.Column('result', sa.JSON(), nullable=False),
+    sa.Column('priorities', sa.JSON(), nullable=False),
     sa.Column('duration_ms', sa.Integer(), nullable=False),
     sa.Column('created_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.ForeignKeyConstraint(['round_id'], ['rounds.id'], name=op.f('fk_snapshots_round_id_rounds'), ondelete='CASCADE'),
