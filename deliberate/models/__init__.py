@@ -5,6 +5,7 @@ from .base import utcnow
 from .people import ROLE_VALUES, Invitation, Organisation, Role, User
 from .rounds import (
     AuthorDisplay,
+    GroupName,
     ModerationMode,
     ResultsVisibility,
     Round,
@@ -26,6 +27,7 @@ __all__ = [
     "VOTE_VALUES",
     "AuditEvent",
     "AuthorDisplay",
+    "GroupName",
     "Invitation",
     "ModerationMode",
     "Organisation",

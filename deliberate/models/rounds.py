@@ -95,6 +95,10 @@ class Round(db.Model):
     author_display: Mapped[str] = mapped_column(String(16), default=AuthorDisplay.ANONYMOUS.value)
     opens_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     closes_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # The round this one continues (statements carried forward keep their own lineage).
+    previous_round_id: Mapped[int | None] = mapped_column(
+        ForeignKey("rounds.id", ondelete="SET NULL"), default=None
+    )
     # Where an imported Pol.is conversation came from (refuses a second import of the same).
     source: Mapped[str | None] = mapped_column(String(300), unique=True, default=None)
     created_by_id: Mapped[int | None] = mapped_column(
@@ -172,3 +176,19 @@ class StatementRevision(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     statement: Mapped[Statement] = relationship(back_populates="revisions")
+
+
+class GroupName(db.Model):
+    """A facilitator's name for an opinion group of a round (group ids are stable)."""
+
+    __tablename__ = "group_names"
+    __table_args__ = (UniqueConstraint("round_id", "group_id", name="uq_group_names_round_group"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id", ondelete="CASCADE"))
+    group_id: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(80))
+    updated_by_id: Mapped[int | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL"), default=None
+    )
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

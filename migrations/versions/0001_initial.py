@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 09:52:57.234216
+Create Date: 2026-11-26 10:19:33.696036
 
 """
 from alembic import op
@@ -57,6 +57,7 @@ def upgrade():
     sa.Column('author_display', sa.String(length=16), nullable=False),
     sa.Column('opens_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('closes_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('previous_round_id', sa.Integer(), nullable=True),
     sa.Column('source', sa.String(length=300), nullable=True),
     sa.Column('created_by_id', sa.Integer(), nullable=True),
     sa.Column('created_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=False),
@@ -67,6 +68,7 @@ def upgrade():
     sa.CheckConstraint("state IN ('draft', 'open', 'closed', 'published')", name=op.f('ck_rounds_state_valid')),
     sa.CheckConstraint('statement_max_length BETWEEN 20 AND 2000', name=op.f('ck_rounds_length_valid')),
     sa.ForeignKeyConstraint(['created_by_id'], ['users.id'], name=op.f('fk_rounds_created_by_id_users'), ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['previous_round_id'], ['rounds.id'], name=op.f('fk_rounds_previous_round_id_rounds'), ondelete='SET NULL'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_rounds')),
     sa.UniqueConstraint('source', name=op.f('uq_rounds_source'))
     )
@@ -89,6 +91,18 @@ def upgrade():
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.create_index('ix_audit_events_round_id', ['round_id', 'id'], unique=False)
 
+    op.create_table('group_names',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('round_id', sa.Integer(), nullable=False),
+    sa.Column('group_id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=80), nullable=False),
+    sa.Column('updated_by_id', sa.Integer(), nullable=True),
+    sa.Column('updated_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['round_id'], ['rounds.id'], name=op.f('fk_group_names_round_id_rounds'), ondelete='CASCADE'),
+    sa.ForeignKeyConstraint(['updated_by_id'], ['users.id'], name=op.f('fk_group_names_updated_by_id_users'), ondelete='SET NULL'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_group_names')),
+    sa.UniqueConstraint('round_id', 'group_id', name='uq_group_names_round_group')
+    )
     op.create_table('invitations',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('user_id', sa.Integer(), nullable=False),
@@ -245,6 +259,7 @@ def downgrade():
         batch_op.drop_index(batch_op.f('ix_invitations_user_id'))
 
     op.drop_table('invitations')
+    op.drop_table('group_names')
     with op.batch_alter_table('audit_events', schema=None) as batch_op:
         batch_op.drop_index('ix_audit_events_round_id')
 
