@@ -26,9 +26,22 @@ run: $(STAMP)
 	DELIBERATE_ENV=development OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(VENV)/bin/gunicorn --bind 127.0.0.1:$(PORT) \
 	  --workers 1 --threads 8 --access-logfile - 'wsgi:app'
 
-## test: create the environment and run the whole suite
+## test: create the environment and run the whole suite on SQLite; then, when
+##   DELIBERATE_TEST_POSTGRES_URL is set (postgresql+psycopg://user:pw@host:port/db, role with
+##   CREATEDB), a second pass on that PostgreSQL server without the browser (e2e) tests
 test: $(STAMP) $(E2E_NODE)
-	$(PY) -m pytest -n 2 --dist loadgroup
+	@start=$$(date +%s); \
+	env -u DELIBERATE_TEST_DATABASE_URL $(PY) -m pytest -n 2 --dist loadgroup || exit 1; \
+	echo "SQLite pass: $$(( $$(date +%s) - start )) s"
+	@if [ -n "$$DELIBERATE_TEST_POSTGRES_URL" ]; then \
+	  echo "== second pass: the suite on PostgreSQL (not e2e) =="; start=$$(date +%s); \
+	  DELIBERATE_TEST_DATABASE_URL="$$DELIBERATE_TEST_POSTGRES_URL" \
+	    $(PY) -m pytest -n 2 --dist loadgroup -m "not e2e" || exit 1; \
+	  echo "PostgreSQL pass: $$(( $$(date +%s) - start )) s"; \
+	else \
+	  echo "note: DELIBERATE_TEST_POSTGRES_URL is not set, so the PostgreSQL pass was skipped"; \
+	  echo "      (README, section PostgreSQL; .ci/run starts a server and sets it)"; \
+	fi
 
 ## test-fast: everything but the browser tests
 test-fast: $(STAMP)

@@ -895,7 +895,15 @@ def main(argv: list[str] | None = None) -> int:
     cases = parse_sizes(sizes, args.data, args.groups)
     engines = [] if args.skip_ours else ["ours"]
     if not args.skip_reddwarf:
-        engines.append("reddwarf")
+        import importlib.util
+
+        if importlib.util.find_spec("reddwarf") is None:
+            print(
+                "note: red-dwarf is not installed, measuring deliberate only "
+                "(pip install -e '.[bench]' installs red-dwarf 0.4.0)"
+            )
+        else:
+            engines.append("reddwarf")
 
     info = machine_info(cpu)
     print(

@@ -6,6 +6,7 @@ import pytest
 
 from deliberate import create_app
 from deliberate.config import ConfigError
+from tests.conftest import only_postgres, only_sqlite
 
 
 def test_production_requires_secret_key(tmp_path, monkeypatch):
@@ -40,11 +41,51 @@ def test_unknown_page_is_a_clear_404(client):
     assert "no page at this address" in response.get_data(as_text=True)
 
 
+@only_sqlite
 def test_sqlite_pragmas(app, db):
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar() == 15000
+
+
+@only_postgres
+def test_postgres_schema_and_session(app, db):
+    """On PostgreSQL: UTF-8, foreign keys enforced, timestamps stored as timestamptz in UTC."""
+    from datetime import UTC, datetime, timedelta, timezone
+
+    import sqlalchemy as sa
+
+    from deliberate.models import Organisation
+
+    with db.engine.connect() as conn:
+        assert conn.exec_driver_sql("SHOW server_encoding").scalar() == "UTF8"
+        naive = conn.exec_driver_sql(
+            "SELECT table_name || '.' || column_name FROM information_schema.columns "
+            "WHERE table_schema = 'public' AND data_type = 'timestamp without time zone'"
+        ).scalars().all()
+        assert naive == []
+        fks = conn.exec_driver_sql(
+            "SELECT count(*) FROM information_schema.table_constraints "
+            "WHERE constraint_type = 'FOREIGN KEY' AND table_schema = 'public'"
+        ).scalar()
+        assert fks > 0
+    with pytest.raises(sa.exc.IntegrityError):
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql(
+                "INSERT INTO users (email, name, role, organisation_id, created_at) "
+                "VALUES ('x@example.org', 'X', 'member', 2147483000, now())"
+            )
+    # An aware time in another zone comes back as the same instant, tagged UTC, whatever
+    # the session's time zone.
+    when = datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=5)))
+    org = Organisation(name="Zone test", created_at=when)
+    db.session.add(org)
+    db.session.commit()
+    db.session.execute(sa.text("SET TIME ZONE 'America/New_York'"))
+    db.session.expire_all()
+    assert org.created_at == when and org.created_at.tzinfo == UTC
+    db.session.rollback()
 
 
 def test_migrations_match_the_models(app, db):

@@ -98,6 +98,52 @@ def _assign_bounds(
     return m - 1 - lab, np.sqrt(up), np.sqrt(lo)
 
 
+# Candidate centres examined first when re-assigning a point (see _assign_near).
+_NEIGHBOURS = 12
+
+
+def _assign_near(
+    points: np.ndarray,
+    centers: np.ndarray,
+    cc: np.ndarray,
+    labels: np.ndarray,
+    up: np.ndarray,
+    lo: np.ndarray,
+    check: np.ndarray,
+) -> np.ndarray:
+    """Re-assign the points ``check`` among their centre's nearest centres when that is exact.
+
+    If ``up < reach / 2``, where ``reach`` is the distance from the point's centre ``a`` to its
+    ``_NEIGHBOURS``-th nearest other centre, every other centre j is farther than the point's
+    own (d(x, c_j) >= d(a, c_j) - up >= reach - up > up), so the nearest centre is among ``a``
+    and its neighbours: compute only those distances. Ties go to the later centre, as in
+    :func:`_assign`. Updates labels, up and lo in place; returns the points still to do.
+
+    cc : (m, m) centre-centre distances with an infinite diagonal.
+    """
+    m = centers.shape[0]
+    nn = np.argsort(cc, axis=1, kind="stable")[:, :_NEIGHBOURS]  # (m, L)
+    reach = cc[np.arange(m), nn[:, -1]]
+    a = labels[check]
+    guard = up[check] < 0.5 * reach[a] * (1.0 - 1e-9)
+    sub = check[guard]
+    if not sub.size:
+        return check
+    a = a[guard]
+    cand = np.concatenate([a[:, None], nn[a]], axis=1)  # (s, L + 1)
+    d = (points[sub, None, 0] - centers[cand, 0]) ** 2
+    d += (points[sub, None, 1] - centers[cand, 1]) ** 2
+    dmin = d.min(axis=1)
+    chosen = np.where(d == dmin[:, None], cand, -1).max(axis=1)  # ties: later centre
+    d[cand == chosen[:, None]] = np.inf
+    second = np.sqrt(d.min(axis=1))
+    far = reach[a] - up[sub]  # lower bound for every non-candidate centre
+    labels[sub] = chosen
+    up[sub] = np.sqrt(dmin)
+    lo[sub] = np.minimum(second, far)
+    return check[~guard]
+
+
 # Above this many points, k-means prunes the assignment step with Hamerly's bounds.
 _BOUNDS_MIN_POINTS = 4096
 
@@ -136,6 +182,11 @@ def polis_kmeans(
     init_ids, init_centers : (m,), (m, 2) warm start (see :func:`clean_start`); cold start when
         None: the first ``k`` distinct points in input order, ids 0..k-1.
 
+    use_bounds : prune the assignment step (default: above ``_BOUNDS_MIN_POINTS`` points) with
+        Hamerly's bounds, Elkan's half-distance test and a nearest-centres candidate search
+        (:func:`_assign_near`); every pruning rule is exact, so the labels are those of the
+        plain step (tested), only faster.
+
     Returns
     -------
     Clustering whose labels are the last assignment and whose centres are the weighted means of
@@ -169,7 +220,16 @@ def polis_kmeans(
             if check.size:
                 diff = points[check] - centers[labels[check]]
                 up[check] = np.sqrt((diff * diff).sum(axis=1))
-                check = check[up[check] >= lo[check] - 1e-9 * (1.0 + lo[check])]
+                # Elkan's test: a point closer to its centre than half the distance from that
+                # centre to any other centre cannot change cluster.
+                cc = np.sqrt(((centers[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2))
+                np.fill_diagonal(cc, np.inf)
+                half = 0.5 * cc.min(axis=1)
+                uc, lc = up[check], lo[check]
+                stay = (uc < lc - 1e-9 * (1.0 + lc)) | (uc < half[labels[check]] * (1 - 1e-9))
+                check = check[~stay]
+            if check.size and centers.shape[0] > 2 * _NEIGHBOURS:
+                check = _assign_near(points, centers, cc, labels, up, lo, check)
             if check.size:
                 labels[check], up[check], lo[check] = _assign_bounds(points[check], centers)
         m = ids.size
@@ -187,7 +247,14 @@ def polis_kmeans(
         if bounded and up is not None and not done:
             move = np.sqrt(((new - centers[keep]) ** 2).sum(axis=1))
             up += move[labels]
-            lo -= move.max() if move.size else 0.0
+            if move.size > 1:
+                # Hamerly: the second-closest centre is not the assigned one, so a point's lower
+                # bound drops by the largest move among the OTHER centres.
+                top = int(np.argmax(move))
+                second = float(np.partition(move, -2)[-2])
+                lo -= np.where(labels == top, second, float(move[top]))
+            elif move.size:
+                lo -= float(move[0])
         centers = new
         if done:
             break

@@ -41,6 +41,9 @@ def _factorize(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if lo >= 0 and hi < 4 * ids.size + 1_000_000:
             present = np.zeros(hi + 1, dtype=bool)
             present[ids] = True
+            if lo == 0 and bool(present.all()):
+                # ids are exactly 0..u-1 (e.g. already codes): they are their own codes
+                return np.arange(hi + 1, dtype=ids.dtype), ids.astype(np.int32, copy=False)
             uniques = np.flatnonzero(present)
             lookup = np.cumsum(present, dtype=np.int64).astype(np.int32) - 1
             return uniques.astype(ids.dtype, copy=False), lookup[ids]
@@ -119,8 +122,9 @@ class Votes:
         ----------
         participant, statement : (n,) ids (ints or strings).
         value : (n,) ints in {+1 agree, -1 disagree, 0 pass}.
-        created : (n,) optional sortable timestamps. The event with the largest ``created``
-            wins; on equal ``created`` (or with no timestamps) the later position wins.
+        created : (n,) optional timestamps (numbers, numpy datetime64 or python datetimes). The
+            event with the largest ``created`` wins; on equal ``created`` (or with no
+            timestamps) the later position wins.
         """
         p = _as_id_array(participant)
         s = _as_id_array(statement)
@@ -141,7 +145,12 @@ class Votes:
             if c.size != n:
                 raise ValueError("created must have the same length as value")
             if c.dtype.kind not in "iufM":
-                c = c.astype(np.float64)
+                try:
+                    c = c.astype(np.float64)
+                except (TypeError, ValueError):
+                    c = c.astype("datetime64[us]")  # python datetimes, ISO strings
+            if c.dtype.kind == "M":
+                c = c.astype("datetime64[us]").astype(np.int64)  # microseconds since epoch
         p_ids, p_code = _factorize(p)
         s_ids, s_code = _factorize(s)
         n_rows, n_cols = p_ids.size, s_ids.size
@@ -181,17 +190,39 @@ class Votes:
             row = np.zeros(0, np.int32)
         col = s_code
 
-        # Group entries by blocks of rows (a block index fits uint16, so numpy's stable sort is
-        # a linear-time radix sort). Inside a block the event order is kept.
-        block_rows = max(1, -(-n_rows // 65535)) if n_rows else 1
+        # Group entries by blocks of rows, a block being about one dense chunk (~4M cells) of
+        # the later passes. With <= 255 blocks the block index fits a uint8 and numpy's stable
+        # sort is a one-pass radix sort (uint16: two passes). Inside a block the event order
+        # is kept; rows inside a block need no order.
+        block_rows = max(1, _CHUNK_CELLS // max(n_cols, 1))
+        if n_rows:
+            block_rows = max(block_rows, -(-n_rows // 65535))
         n_blocks = -(-n_rows // block_rows) if n_rows else 0
         perm = None
-        if n and not bool(np.all(row[1:] >= row[:-1])):
-            blk = (row // block_rows).astype(np.uint16) if block_rows > 1 else row.astype(np.uint16)
+        if n > 1 and n_blocks > 1 and not bool(np.all(row[1:] >= row[:-1])):
+            blk = row // block_rows
+            blk = blk.astype(np.uint8 if n_blocks <= 256 else np.uint16)
             if not bool(np.all(blk[1:] >= blk[:-1])):
                 perm = np.argsort(blk, kind="stable")
+            del blk
         if perm is not None:
-            row, col, v = row[perm], col[perm], v[perm]
+            if n_cols < (1 << 29):
+                # One random-access gather of (column, value) packed in an int32 instead of two,
+                # with packing and unpacking done in place / in chunks: large temporaries cost
+                # more (page faults) than the arithmetic.
+                packed = np.left_shift(col, 2, dtype=np.int32)
+                packed |= v + 1
+                gathered = np.take(packed, perm)
+                del packed
+                col = np.right_shift(gathered, 2)
+                v = np.empty(n, np.int8)
+                for a0 in range(0, n, 1 << 20):
+                    b0 = min(n, a0 + (1 << 20))
+                    v[a0:b0] = (gathered[a0:b0] & 3) - 1
+                del gathered
+            else:
+                col, v = col[perm], v[perm]
+            row = np.take(row, perm)
             if c is not None:
                 c = c[perm]
         # Entries are now grouped by block (block index non-decreasing): find block bounds.

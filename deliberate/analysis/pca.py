@@ -26,6 +26,7 @@ Deliberate differences from Pol.is (documented here and in ``Params``):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -188,20 +189,67 @@ def _top_eig_sparse(
     return hv[:n_top], (x @ hw)[:, :n_top]
 
 
-def _fix_signs(comps: np.ndarray, previous: np.ndarray | None) -> np.ndarray:
+def _cold_sign(
+    v: np.ndarray, center: np.ndarray, first_row: Callable[[np.ndarray], float]
+) -> float:
+    """+1 or -1, chosen so that the sign does not depend on the column order.
+
+    The largest |loading| is made positive; when the largest positive and largest negative
+    loadings are equally large (up to rounding), the sum of cubed loadings decides, then the
+    correlation with the column means, and last the first participant (in row order, which
+    does not depend on statement ids) with a non-zero position along the component.
+    """
+    tol = 1e-9 * float(np.abs(v).max())
+    hi, lo = float(v.max()), float(-v.min())
+    if abs(hi - lo) > tol:
+        return 1.0 if hi > lo else -1.0
+    for score in (float((v**3).sum()), float(v @ center)):
+        if abs(score) > tol * max(1.0, float(np.abs(center).sum())):
+            return 1.0 if score > 0 else -1.0
+    score = first_row(v)
+    if score != 0.0:
+        return 1.0 if score > 0 else -1.0
+    return 1.0 if v[int(np.argmax(np.abs(v)))] > 0 else -1.0
+
+
+def _first_row_score(
+    votes: Votes, center: np.ndarray, mod_out: np.ndarray
+) -> Callable[[np.ndarray], float]:
+    def score(v: np.ndarray) -> float:
+        u = np.zeros(votes.n_rows)
+        for a, b in votes.entry_chunks():
+            u += np.bincount(
+                votes.row[a:b],
+                weights=centred_values(votes, center, mod_out, a, b) * v[votes.col[a:b]],
+                minlength=votes.n_rows,
+            )
+        nz = np.flatnonzero(np.abs(u) > 1e-9 * max(float(np.abs(u).max()), 1e-300))
+        return float(u[nz[0]]) if nz.size else 0.0
+
+    return score
+
+
+def _fix_signs(
+    comps: np.ndarray,
+    previous: np.ndarray | None,
+    center: np.ndarray | None = None,
+    first_row: Callable[[np.ndarray], float] | None = None,
+) -> np.ndarray:
     """Deterministic component signs (see module docstring).
 
     previous : (2, n_cols) previous components aligned to the current columns (0 where a
         statement is new), or None on a cold start.
     """
     out = comps.copy()
+    c = np.zeros(comps.shape[1]) if center is None else center
+    fr = first_row or (lambda v: 0.0)
     for k in range(out.shape[0]):
         v = out[k]
         if not v.any():
             continue
         d = float(previous[k] @ v) if previous is not None else 0.0
         if d == 0.0:
-            d = float(v[int(np.argmax(np.abs(v)))])  # largest |loading| (first on ties) positive
+            d = _cold_sign(v, c, fr)
         if d < 0:
             out[k] = -v
     return out
@@ -264,7 +312,7 @@ def fit_pca(
             comps[i] = 0.0
             vals[i] = 0.0
     comps /= np.maximum(np.linalg.norm(comps, axis=1, keepdims=True), 1e-300)
-    comps = _fix_signs(comps, previous)
+    comps = _fix_signs(comps, previous, center, _first_row_score(votes, center, mod_out))
     return PCAResult(center, comps, vals)
 
 

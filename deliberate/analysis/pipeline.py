@@ -27,8 +27,14 @@ Deliberate differences from Pol.is (each is also documented where it is made):
    do not depend on the order votes are delivered in (``matrix.py``, ``pca.py``).
 7. With no groups (fewer than two distinct positions), GAC and bridging use the in-conversation
    participants as one group; Pol.is has no value then.
-8. Additions: bridging (``bridging.py``), divisive (``divisive.py``), organisations
-   (``organisations.py``), bootstrap stability (``stability.py``).
+8. Cold starts only (no previous clustering for a k, more than
+   ``Params.cold_restarts_min_participants`` in conversation): the group k-means keeps the best
+   of Pol.is's start and ``Params.cold_restarts`` seeded k-means++ starts
+   (``clustering.best_of_restarts``) - a stand-in for the history of warm starts that a cold
+   run does not have. Warm updates are Pol.is's, unchanged.
+9. Additions: bridging (``bridging.py``), divisive (``divisive.py``), organisations
+   (``organisations.py``), bootstrap stability (``stability.py``), round comparison
+   (``rounds.py``).
 """
 
 from __future__ import annotations
@@ -203,7 +209,33 @@ class AnalysisResult:
 
     # ---------------------------------------------------------------- serialisation
     def to_dict(self) -> dict:
-        """JSON-serialisable summary (ids as given; dict keys are ``str(id)``; agree = +1)."""
+        """JSON-serialisable summary (ids as given; dict keys are ``str(id)``; agree = +1).
+
+        Keys:
+
+        * ``participants``, ``statements``, ``n_votes``: counts (participants and statements
+          with at least one vote; latest votes).
+        * ``in_conversation``: participant ids admitted to clustering; ``user_vote_counts``.
+        * ``pca``: ``statements`` (ids in column order), ``center``, ``components`` (two lists),
+          ``eigenvalues``; ``projections``: {participant: [x, y]}.
+        * ``k``, ``silhouettes`` ({k: value}), ``groups``: [{``id``, ``members``,
+          ``n_members``, ``center`` [x, y], ``representative`` [{statement, direction,
+          n_success, n_trials, p_success, p_test, repness, repness_test[, best_agree,
+          n_agree]}], ``votes`` {statement: {agree, disagree, pass, seen}}}].
+        * ``statement_stats``: {statement: {agree, disagree, pass, seen (every participant),
+          in_groups {...} (in-conversation group members, as Pol.is's report totals),
+          moderated_out, meta, projection [x, y], extremity}}.
+        * ``consensus``: {agree: ids, disagree: ids} in Pol.is's order; ``consensus_details``
+          the same with n_success, n_trials, p_success, p_test.
+        * ``group_informed_consensus``, ``bridging``, ``priorities``: {statement: value};
+          ``divisive``: ids, most divisive first; ``divisiveness``: {statement: value}.
+        * ``stability``: {method, replicates, buckets, level, participants {id: fraction of
+          replicates in their group}, groups {id: mean member stability}, statements {id:
+          {gac: [lo, hi], bridging: [lo, hi], agree_share: [lo, hi], consensus_frequency}}}
+          or None when disabled.
+        * ``organisations``: see ``organisations.organisation_view`` (None without
+          ``organisation_of``); ``params``.
+        """
         sids, pids = self.statement_ids, self.participant_ids
         sk = [_key(s) for s in sids]
         groups = []

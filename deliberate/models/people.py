@@ -30,7 +30,7 @@ class Organisation(db.Model):
     name: Mapped[str] = mapped_column(String(200), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
-    members: Mapped[list[User]] = relationship(back_populates="organisation")
+    members: Mapped[list[User]] = relationship(back_populates="organisation", order_by="User.id")
 
     def __repr__(self) -> str:
         return f"<Organisation {self.id} {self.name!r}>"

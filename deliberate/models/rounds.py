@@ -110,7 +110,10 @@ class Round(db.Model):
     statements: Mapped[list[Statement]] = relationship(
         back_populates="round", order_by="Statement.id", cascade="all, delete-orphan"
     )
-    organisations = relationship("Organisation", secondary=round_organisations)
+    # Ordered: PostgreSQL returns rows in no particular order without ORDER BY.
+    organisations = relationship(
+        "Organisation", secondary=round_organisations, order_by="Organisation.name"
+    )
 
     def __repr__(self) -> str:
         return f"<Round {self.id} {self.state} {self.question[:30]!r}>"

@@ -139,7 +139,7 @@ class RoundOverview:
 
 # --- reading ---------------------------------------------------------------------------
 
-MAX_ID = 2**63 - 1  # larger numbers overflow the database's integer columns
+MAX_ID = 2**31 - 1  # larger numbers overflow the integer columns (PostgreSQL: 32 bits)
 
 
 def is_valid_id(value: object) -> bool:
@@ -452,7 +452,11 @@ def _organisations(ids: Iterable[int]) -> list[Organisation]:
     ids = list(ids)
     if not ids:
         return []
-    return list(db.session.scalars(select(Organisation).where(Organisation.id.in_(ids))))
+    return list(
+        db.session.scalars(
+            select(Organisation).where(Organisation.id.in_(ids)).order_by(Organisation.name)
+        )
+    )
 
 
 # --- writing ---------------------------------------------------------------------------

@@ -37,7 +37,7 @@ BAD_VALUE_MESSAGE = "A vote is agree (1), pass (0) or disagree (-1)."
 ROUND_CLOSED_MESSAGE = "This round is not open for voting."
 # SQLite allows 999 bound parameters in older builds; routing receives at most this many.
 MAX_CANDIDATES = 999
-MAX_ID = 2**63 - 1  # the largest id a database integer column holds
+MAX_ID = 2**31 - 1  # the largest id a database integer column holds (PostgreSQL: 32 bits)
 
 VoteStatus = Literal["new", "changed", "unchanged"]
 
@@ -290,8 +290,10 @@ def _record_vote(
                 updated_at=timestamp,
             )
             .on_conflict_do_nothing(index_elements=["statement_id", "user_id"])
+            # RETURNING says whether a row went in: with it PostgreSQL's rowcount is -1.
+            .returning(Vote.__table__.c.id)
         )
-        if inserted.rowcount == 1:
+        if inserted.first() is not None:
             status = "new"
         else:
             # Another request inserted the row between our read and our insert.

@@ -35,7 +35,8 @@ class IdConverter(IntegerConverter):
 
 
 def init_web(app: Flask) -> None:
-    from . import api, auth, facilitate, member, people
+    from . import api, auth, exports, facilitate, member, people, report
+    from . import rounds_over_time
 
     # Before any blueprint registers its rules: every <int:...> in a route is bounded.
     app.url_map.converters["int"] = IdConverter
@@ -50,6 +51,9 @@ def init_web(app: Flask) -> None:
     app.register_blueprint(facilitate.bp, url_prefix="/facilitate")
     app.register_blueprint(people.bp, url_prefix="/facilitate/people")
     app.register_blueprint(api.bp, url_prefix="/api")
+    app.register_blueprint(report.bp)
+    app.register_blueprint(rounds_over_time.bp)  # url_prefix /facilitate
+    app.register_blueprint(exports.bp)
 
     @app.get("/")
     def index():

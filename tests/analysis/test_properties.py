@@ -232,6 +232,11 @@ def test_latest_vote_wins_by_created_then_position():
     ri = votes.row_index()
     assert dense[ri[1], 0] == 0
     assert dense[ri[2], 0] == -1  # equal created: later position wins
+    import datetime
+
+    base = datetime.datetime(2025, 1, 1)
+    stamps = [base + datetime.timedelta(seconds=x) for x in created]
+    assert np.array_equal(Votes.from_arrays(p, s, v, stamps).to_dense(), dense, equal_nan=True)
     votes = Votes.from_arrays(p, s, v)  # no timestamps: the last event wins
     assert votes.to_dense()[votes.row_index()[1], 0] == 0
 
@@ -371,3 +376,49 @@ def test_k_smoother_needs_four_consecutive_wins():
         smooth_k(2, {"last_k": 5, "last_k_count": 9, "smoothed_k": 5}, allowed=[2, 3])["smoothed_k"]
         == 2
     )
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 40), st.integers(0, 9), st.sampled_from([-1, 0, 1]), st.integers(0, 5)
+        ),
+        max_size=300,
+    ),
+    st.sampled_from([7, 50, 4_000_000]),
+    st.booleans(),
+)
+def test_from_arrays_matches_a_naive_latest_wins(events, chunk_cells, with_created):
+    """Blocks, chunked duplicate detection and packing agree with a plain dictionary."""
+    import deliberate.analysis.matrix as matrix_module
+
+    old = matrix_module._CHUNK_CELLS
+    matrix_module._CHUNK_CELLS = chunk_cells  # many small blocks exercise the sort paths
+    try:
+        p = np.array([e[0] for e in events], dtype=np.int64)
+        s = np.array([e[1] * 7 for e in events], dtype=np.int64)
+        v = np.array([e[2] for e in events], dtype=np.int8)
+        c = np.array([e[3] for e in events], dtype=np.float64) if with_created else None
+        votes = Votes.from_arrays(p, s, v, c)
+    finally:
+        matrix_module._CHUNK_CELLS = old
+    expected: dict = {}
+    best: dict = {}
+    for i, (pp, ss, vv, cc) in enumerate(events):
+        key = (pp, ss * 7)
+        rank = (cc if with_created else 0, i)
+        if key not in best or rank >= best[key]:
+            best[key], expected[key] = rank, vv
+    got = {
+        (votes.participant_ids[r], votes.statement_ids[cc]): int(x)
+        for r, cc, x in zip(
+            votes.row.tolist(), votes.col.tolist(), votes.value.tolist(), strict=True
+        )
+    }
+    assert got == expected
+    assert votes.nnz == len(expected)
+    # blocks cover the rows they claim
+    for b in range(votes.block_ptr.size - 1):
+        rows = votes.row[votes.block_ptr[b] : votes.block_ptr[b + 1]]
+        assert np.all(rows // votes.block_rows == b)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections import defaultdict
 from itertools import combinations
 
@@ -63,12 +62,10 @@ def _snapshot(db) -> tuple[list, list, list]:
     return users, statements, votes
 
 
-def test_two_loads_into_fresh_databases_are_identical(tmp_path, template_db):
+def test_two_loads_into_fresh_databases_are_identical(tmp_path, new_database_url):
     snapshots = []
     for name in ("one", "two"):
-        db_file = tmp_path / f"{name}.db"
-        shutil.copyfile(template_db, db_file)
-        app = create_app(make_config(tmp_path / name, db_file))
+        app = create_app(make_config(tmp_path / name, new_database_url()))
         with app.app_context():
             demo.load_demo()
             snapshots.append(_snapshot(_db))
@@ -78,12 +75,10 @@ def test_two_loads_into_fresh_databases_are_identical(tmp_path, template_db):
     assert len(snapshots[0][2]) > 1000
 
 
-def test_another_seed_gives_other_votes(tmp_path, template_db):
+def test_another_seed_gives_other_votes(tmp_path, new_database_url):
     votes = []
     for seed in (1, 2):
-        db_file = tmp_path / f"seed{seed}.db"
-        shutil.copyfile(template_db, db_file)
-        app = create_app(make_config(tmp_path / f"s{seed}", db_file))
+        app = create_app(make_config(tmp_path / f"s{seed}", new_database_url()))
         with app.app_context():
             demo.load_demo(seed=seed)
             votes.append(_snapshot(_db)[2])

@@ -186,6 +186,7 @@ def build_world(app, db) -> World:
         pending=pending.id,
         draft=draft.id,
         closed=closed.id,
+        closed_seed=closed.statements[0].id,
         invite_token=invited.link.rsplit("/", 1)[1],
         reset_token=reset_link.rsplit("/", 1)[1],
     )
@@ -311,6 +312,17 @@ CASES: dict[str, Case] = {
         unknown_in_fields=lambda i: [{"organisation_ids": str(UNKNOWN_ID)}],
         unknown_url=lambda: f"/facilitate/rounds/{UNKNOWN_ID}/edit",
     ),
+    "/facilitate/rounds/<int:round_id>/next": Case(
+        "facilitator",
+        lambda i: f"/facilitate/rounds/{i.round}/next",
+        lambda i: {"question": "What should the next round ask?", "statement_ids": str(i.seeds[0])},
+        ints=("statement_ids",),
+        unknown_in_fields=lambda i: [
+            {"statement_ids": str(UNKNOWN_ID)},
+            {"statement_ids": [str(i.seeds[0]), str(i.pending)]},  # not accepted
+        ],
+        unknown_url=lambda: f"/facilitate/rounds/{UNKNOWN_ID}/next",
+    ),
     "/facilitate/rounds/<int:round_id>/open": Case(
         "facilitator",
         lambda i: f"/facilitate/rounds/{i.draft}/open",
@@ -375,6 +387,29 @@ CASES: dict[str, Case] = {
         lambda i: f"/rounds/{i.round}/statements",
         lambda i: {"text": "A statement of my own about housing"},
         unknown_url=lambda: f"/rounds/{UNKNOWN_ID}/statements",
+    ),
+    "/rounds/<int:round_id>/export/identities": Case(
+        "facilitator",
+        lambda i: f"/rounds/{i.round}/export/identities",
+        lambda i: {"confirm": "y"},
+        lenient=("confirm",),  # a checkbox: any value ticks it
+        unknown_url=lambda: f"/rounds/{UNKNOWN_ID}/export/identities",
+    ),
+    "/rounds/<int:round_id>/report/groups/<int:group_id>/name": Case(
+        "facilitator",
+        lambda i: f"/rounds/{i.round}/report/groups/0/name",
+        lambda i: {"name": "Pragmatists"},
+        unknown_url=lambda: f"/rounds/{UNKNOWN_ID}/report/groups/0/name",
+    ),
+    "/rounds/<int:round_id>/report/statements/<int:statement_id>/hide": Case(
+        "facilitator",
+        lambda i: f"/rounds/{i.round}/report/statements/{i.seeds[3]}/hide",
+        unknown_url=lambda: f"/rounds/{UNKNOWN_ID}/report/statements/{UNKNOWN_ID}/hide",
+    ),
+    "/rounds/<int:round_id>/report/statements/<int:statement_id>/show": Case(
+        "facilitator",
+        lambda i: f"/rounds/{i.round}/report/statements/{i.seeds[3]}/show",
+        unknown_url=lambda: f"/rounds/{UNKNOWN_ID}/report/statements/{UNKNOWN_ID}/show",
     ),
     "/rounds/<int:round_id>/vote": Case(
         "member",

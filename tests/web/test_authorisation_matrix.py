@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
 from deliberate.models import (
+    GroupName,
     Invitation,
     Organisation,
     Role,
@@ -103,6 +104,24 @@ MATRIX: dict[tuple[str, str], dict[str, object]] = {
     ("POST", "/facilitate/statements/<int:statement_id>/correct"): row(
         LOGIN, 403, 403, 403, 303, 303
     ),
+    ("GET", "/facilitate/rounds/<int:round_id>/next"): row(LOGIN, 403, 403, 403, 200, 200),
+    ("POST", "/facilitate/rounds/<int:round_id>/next"): row(LOGIN, 403, 403, 403, 303, 303),
+    # Comparing two rounds: facilitators and leadership.
+    ("GET", "/facilitate/compare"): row(LOGIN, 403, 403, 200, 200, 200),
+    # The round report: staff always; a member of A who has not voted yet may not (the round's
+    # results setting is "after voting"); B's member may not know the round exists.
+    ("GET", "/rounds/<int:round_id>/report"): row(LOGIN, 403, 404, 200, 200, 200),
+    ("GET", "/rounds/<int:round_id>/report/map.svg"): row(LOGIN, 403, 404, 200, 200, 200),
+    ("GET", "/rounds/<int:round_id>/report/map.png"): row(LOGIN, 403, 404, 200, 200, 200),
+    ("POST", "/rounds/<int:round_id>/report/groups/<int:group_id>/name"): row(
+        LOGIN, 403, 403, 403, 303, 303
+    ),
+    ("POST", "/rounds/<int:round_id>/report/statements/<int:statement_id>/hide"): row(
+        LOGIN, 403, 403, 403, 303, 303
+    ),
+    ("POST", "/rounds/<int:round_id>/report/statements/<int:statement_id>/show"): row(
+        LOGIN, 403, 403, 403, 303, 303
+    ),
     ("GET", "/facilitate/people/"): row(LOGIN, 403, 403, 403, 200, 200),
     ("GET", "/facilitate/people/invite"): row(LOGIN, 403, 403, 403, 200, 200),
     ("POST", "/facilitate/people/invite"): row(LOGIN, 403, 403, 403, 200, 200),
@@ -138,6 +157,10 @@ WRITES: dict[tuple[str, str], set[str]] = {
     ("POST", "/facilitate/statements/<int:statement_id>/accept"): STAFF,
     ("POST", "/facilitate/statements/<int:statement_id>/reject"): STAFF,
     ("POST", "/facilitate/statements/<int:statement_id>/correct"): STAFF,
+    ("POST", "/facilitate/rounds/<int:round_id>/next"): STAFF,
+    ("POST", "/rounds/<int:round_id>/report/groups/<int:group_id>/name"): STAFF,
+    ("POST", "/rounds/<int:round_id>/report/statements/<int:statement_id>/hide"): STAFF,
+    ("POST", "/rounds/<int:round_id>/report/statements/<int:statement_id>/show"): STAFF,
     ("POST", "/facilitate/people/invite"): STAFF,
     ("POST", "/facilitate/people/organisations"): STAFF,
     ("POST", "/facilitate/people/<int:user_id>/reset-link"): STAFF,
@@ -287,6 +310,13 @@ def prepare(method: str, rule: str, s: Samples, actor: User | None) -> Request:
             ),
         )
 
+    if rule == "/facilitate/compare":
+        a, b = s.round(), s.round()
+        return Request(f"{rule}?a={a.id}&b={b.id}")
+
+    if "/report/" in rule and method == "POST":
+        return _report_edit(rule, s, n)
+
     if "<int:statement_id>" in rule:
         statement = s.pending_statement()
         url = rule.replace("<int:statement_id>", str(statement.id))
@@ -362,6 +392,13 @@ def prepare(method: str, rule: str, s: Samples, actor: User | None) -> Request:
                 _round_form(question),
                 effect=lambda: db.session.get(Round, rid).question == question,
             )
+        if rule.endswith("/next"):
+            question = f"The next round {n}?"
+            return Request(
+                url,
+                {"question": question, "statement_ids": str(s.accepted_statement(round_).id)},
+                effect=lambda: _count(db, Round, Round.question == question) == 1,
+            )
         target = {"/open": "open", "/close": "closed", "/publish": "published"}
         for suffix, new_state in target.items():
             if rule.endswith(suffix):
@@ -373,6 +410,30 @@ def prepare(method: str, rule: str, s: Samples, actor: User | None) -> Request:
                     ),
                 )
     raise AssertionError(f"no sample for {method} {rule}: add one to prepare()")
+
+
+def _report_edit(rule: str, s: Samples, n: int) -> Request:
+    """A facilitator's edit of a round's report: name a group, hide or show a statement."""
+    db = s.db
+    round_ = s.round()
+    statement = s.accepted_statement(round_)
+    rid, sid = round_.id, statement.id
+    url = rule.replace("<int:round_id>", str(rid)).replace("<int:statement_id>", str(sid))
+    if "<int:group_id>" in rule:
+        # No analysis has run on the sample round: the group is known by its earlier name.
+        db.session.add(GroupName(round_id=rid, group_id=0, name=f"Old name {n}"))
+        db.session.commit()
+        name = f"New name {n}"
+        return Request(
+            url.replace("<int:group_id>", "0"),
+            {"name": name},
+            effect=lambda: _count(db, GroupName, GroupName.name == name) == 1,
+        )
+    hide = rule.endswith("/hide")
+    if not hide:
+        statement.hidden_in_report = True
+        db.session.commit()
+    return Request(url, {}, effect=lambda: db.session.get(Statement, sid).hidden_in_report == hide)
 
 
 def _auth_version_moved(db, actor: User | None) -> Callable[[], bool]:
