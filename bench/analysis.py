@@ -751,6 +751,7 @@ def machine_info(cpu: int | None) -> dict:
         except metadata.PackageNotFoundError:
             versions[pkg] = None
     return {
+        "engine_sources": _engine_fingerprint(),
         "cpu_model": model,
         "cpus": os.cpu_count(),
         "pinned_cpu": cpu,
@@ -760,6 +761,18 @@ def machine_info(cpu: int | None) -> dict:
         "versions": versions,
         "numpy_blas": _blas_name(np),
     }
+
+
+def _engine_fingerprint() -> str:
+    """Short hash of deliberate/analysis/*.py, to tell which engine version was measured (the
+    tree may have uncommitted changes)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for path in sorted((PROJECT_ROOT / "deliberate" / "analysis").glob("*.py")):
+        h.update(path.name.encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
 
 
 def _blas_name(np) -> str:
@@ -911,7 +924,8 @@ def main(argv: list[str] | None = None) -> int:
         f"measured processes pinned to CPU {cpu}, 1 BLAS/OpenMP thread, nice {args.nice}; Python "
         f"{info['python']}, numpy {info['versions']['numpy']} ({info['numpy_blas']}), "
         f"red-dwarf {info['versions']['red-dwarf']}, pandas {info['versions']['pandas']}, "
-        f"scikit-learn {info['versions']['scikit-learn']}"
+        f"scikit-learn {info['versions']['scikit-learn']}; deliberate/analysis sources "
+        f"sha256 {info['engine_sources']}"
     )
     print(
         "command: "

@@ -37,7 +37,21 @@ if TEST_DATABASE_URL and not TEST_DATABASE_URL.startswith("postgresql+psycopg://
 ON_POSTGRES = bool(TEST_DATABASE_URL)
 DATABASE_KIND = "postgresql" if ON_POSTGRES else "sqlite"
 only_sqlite = pytest.mark.skipif(ON_POSTGRES, reason="SQLite-specific (running on PostgreSQL)")
-only_postgres = pytest.mark.skipif(not ON_POSTGRES, reason="PostgreSQL-specific (running on SQLite)")
+only_postgres = pytest.mark.skipif(
+    not ON_POSTGRES, reason="PostgreSQL-specific (running on SQLite)"
+)
+
+
+def pytest_report_header(config) -> str:
+    if not ON_POSTGRES:
+        return "database: SQLite (a file per test)"
+    from sqlalchemy.engine import make_url
+
+    url = make_url(TEST_DATABASE_URL)
+    return (
+        f"database: PostgreSQL at {url.host}:{url.port or 5432} (a database per test; "
+        "the e2e browser tests always use their own SQLite file)"
+    )
 
 
 def make_config(tmp_path: Path, db_file: Path | str, **overrides) -> dict:
@@ -98,9 +112,11 @@ class PostgresDatabases:
     def drop(self, name: str) -> None:
         """Drop a database, ending its connections first."""
         self._run(
-            ("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-             "WHERE datname = :name AND usename = current_user AND pid <> pg_backend_pid()",
-             {"name": name}),
+            (
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = :name AND usename = current_user AND pid <> pg_backend_pid()",
+                {"name": name},
+            ),
             (f'DROP DATABASE IF EXISTS "{name}"', {}),
         )
 
@@ -293,14 +309,19 @@ class Factory:
         return user
 
     def round(self, *, state: RoundState | str = RoundState.OPEN, statements=(), **fields) -> Round:
-        round_ = Round(question=fields.pop("question", f"Question {next(self._n)}?"), state=str(state),
-                       **fields)
+        question = fields.pop("question", f"Question {next(self._n)}?")
+        round_ = Round(question=question, state=str(state), **fields)
         self.db.session.add(round_)
         self.db.session.flush()
         for text in statements:
             self.db.session.add(
-                Statement(round_id=round_.id, text=text, normalised_text=" ".join(text.lower().split()),
-                          origin="seed", moderation_state="accepted")
+                Statement(
+                    round_id=round_.id,
+                    text=text,
+                    normalised_text=" ".join(text.lower().split()),
+                    origin="seed",
+                    moderation_state="accepted",
+                )
             )
         self.db.session.commit()
         return round_

@@ -17,10 +17,12 @@ def test_production_requires_secret_key(tmp_path, monkeypatch):
 
 def test_development_generates_a_secret_key_into_instance(tmp_path, monkeypatch):
     monkeypatch.delenv("DELIBERATE_SECRET_KEY", raising=False)
-    first = create_app({"DELIBERATE_ENV": "development", "INSTANCE_PATH": str(tmp_path),
-                        "ANALYSIS_WORKER": "off"})
-    second = create_app({"DELIBERATE_ENV": "development", "INSTANCE_PATH": str(tmp_path),
-                         "ANALYSIS_WORKER": "off"})
+    first = create_app(
+        {"DELIBERATE_ENV": "development", "INSTANCE_PATH": str(tmp_path), "ANALYSIS_WORKER": "off"}
+    )
+    second = create_app(
+        {"DELIBERATE_ENV": "development", "INSTANCE_PATH": str(tmp_path), "ANALYSIS_WORKER": "off"}
+    )
     assert first.config["SECRET_KEY"] == second.config["SECRET_KEY"]
     assert len(first.config["SECRET_KEY"]) >= 32
     assert (tmp_path / "secret_key").stat().st_mode & 0o077 == 0
@@ -60,22 +62,25 @@ def test_postgres_schema_and_session(app, db):
 
     with db.engine.connect() as conn:
         assert conn.exec_driver_sql("SHOW server_encoding").scalar() == "UTF8"
-        naive = conn.exec_driver_sql(
-            "SELECT table_name || '.' || column_name FROM information_schema.columns "
-            "WHERE table_schema = 'public' AND data_type = 'timestamp without time zone'"
-        ).scalars().all()
+        naive = (
+            conn.exec_driver_sql(
+                "SELECT table_name || '.' || column_name FROM information_schema.columns "
+                "WHERE table_schema = 'public' AND data_type = 'timestamp without time zone'"
+            )
+            .scalars()
+            .all()
+        )
         assert naive == []
         fks = conn.exec_driver_sql(
             "SELECT count(*) FROM information_schema.table_constraints "
             "WHERE constraint_type = 'FOREIGN KEY' AND table_schema = 'public'"
         ).scalar()
         assert fks > 0
-    with pytest.raises(sa.exc.IntegrityError):
-        with db.engine.begin() as conn:
-            conn.exec_driver_sql(
-                "INSERT INTO users (email, name, role, organisation_id, created_at) "
-                "VALUES ('x@example.org', 'X', 'member', 2147483000, now())"
-            )
+    with pytest.raises(sa.exc.IntegrityError), db.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "INSERT INTO users (email, name, role, organisation_id, created_at) "
+            "VALUES ('x@example.org', 'X', 'member', 2147483000, now())"
+        )
     # An aware time in another zone comes back as the same instant, tagged UTC, whatever
     # the session's time zone.
     when = datetime(2026, 3, 29, 1, 30, tzinfo=timezone(timedelta(hours=5)))

@@ -11,9 +11,9 @@ from flask.cli import FlaskGroup
 
 
 def register_cli(app: Flask) -> None:
-    from . import accounts, analysis, demo, rounds
+    from . import accounts, analysis, demo, exports, rounds
 
-    for module in (accounts, demo, rounds, analysis):
+    for module in (accounts, demo, rounds, analysis, exports):
         for command in module.commands:
             app.cli.add_command(command)
 

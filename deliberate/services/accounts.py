@@ -20,6 +20,7 @@ from . import audit
 from .authz import require_facilitator, require_role
 from .errors import Conflict, DomainError, NotAllowed, NotFound, ValidationError
 from .passwords import check_password_rules, hash_password, verify_password
+from .rounds import is_valid_id
 
 LOGIN_FAILED = "Email or password is incorrect."
 MAX_NAME_LENGTH = 200
@@ -87,7 +88,7 @@ def _require_admin(actor: User | None) -> User | None:
 
 
 def _get_user(user_id: int) -> User:
-    user = db.session.get(User, user_id) if isinstance(user_id, int) else None
+    user = db.session.get(User, user_id) if is_valid_id(user_id) else None
     if user is None:
         raise NotFound("No such person.")
     return user
@@ -173,14 +174,15 @@ def _resolve_organisation(organisation: Organisation | int | str | None) -> Orga
     if isinstance(organisation, Organisation):
         return organisation
     if isinstance(organisation, int) and not isinstance(organisation, bool):
-        found = db.session.get(Organisation, organisation)
+        found = db.session.get(Organisation, organisation) if is_valid_id(organisation) else None
         if found is None:
             raise NotFound(f"No organisation with id {organisation}.")
         return found
     if isinstance(organisation, str):
         found = find_organisation_by_name(organisation)
         if found is None and organisation.strip().isdigit():
-            found = db.session.get(Organisation, int(organisation.strip()))
+            number = int(organisation.strip())
+            found = db.session.get(Organisation, number) if is_valid_id(number) else None
         if found is None:
             raise NotFound(f"No organisation called “{organisation.strip()}”. Create it first.")
         return found
@@ -300,6 +302,8 @@ def list_people(actor: User, organisation_id: int | None = None) -> list[User]:
         .order_by(func.lower(User.name), User.id)
     )
     if organisation_id is not None:
+        if not is_valid_id(organisation_id):  # beyond the id range: no such organisation
+            return []
         query = query.where(User.organisation_id == organisation_id)
     return list(db.session.scalars(query))
 

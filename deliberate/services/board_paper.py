@@ -683,7 +683,11 @@ def render_pdf(
                     pdf.set_x(pdf.l_margin + 3)
                     pdf.cell(5, 5.2, bullet)
                     pdf.multi_cell(
-                        pdf.epw - 8, 5.2, fix(item), align="L", new_x=XPos.LMARGIN,
+                        pdf.epw - 8,
+                        5.2,
+                        fix(item),
+                        align="L",
+                        new_x=XPos.LMARGIN,
                         new_y=YPos.NEXT,
                     )
                     pdf.ln(0.8)

@@ -15,12 +15,16 @@ Privacy:
   organisations) about fewer than `privacy.MIN_CELL` people are left blank; summary.csv says so.
 
 Streaming: the public CSV functions check, audit and commit at once, then return a generator
-that reads the database on its own read-only connection in chunks (`yield_per`: a server-side
-cursor on PostgreSQL, SQLite's stepwise cursor), so a million votes never sit in memory at once
-and voters are never blocked (on SQLite the read transaction takes no write lock).
+that reads the database on its own read-only connection in chunks of FETCH_CHUNK rows (the
+driver's `fetchmany`: a named server-side cursor on PostgreSQL, SQLite's stepwise cursor; the
+small queries use SQLAlchemy's `yield_per`), so a million votes never sit in memory at once and
+voters are never blocked (on SQLite the read transaction takes no write lock). No ORM object
+crosses into the generator: a streamed response is iterated after the view has returned.
 """
 
-# Raw SQL fragments are never used here; queries are SQLAlchemy Core.
+# The two big queries are raw SQL for speed; they only ever interpolate parameter placeholders
+# ("?" or "%s") and fixed fragments, never values.
+# ruff: noqa: S608
 from __future__ import annotations
 
 import json
@@ -51,7 +55,7 @@ from ..models import (
 from ..polis_io import writers
 from . import audit
 from .authz import require_report_reader
-from .errors import NotAllowed, NotFound, ValidationError
+from .errors import NotAllowed, NotFound
 from .privacy import MIN_CELL, cell, is_small
 from .snapshots import latest_snapshot
 
@@ -114,6 +118,12 @@ def _record(actor: User | None, action: str, round_id: int, **details: Any) -> N
     except Exception:
         db.session.rollback()
         raise
+
+
+def check_export(actor: User | None, round_id: int, *, identities: bool = False) -> None:
+    """Raise NotAllowed or NotFound unless the actor may export the round (nothing recorded)."""
+    _authorise(actor, identities=identities)
+    _round(round_id)
 
 
 def check_csv_name(name: str, *, identities: bool = False) -> str:
@@ -184,12 +194,9 @@ def _epoch_ms() -> Callable[[Any], int | None]:
     return convert
 
 
-# Participant numbers, in SQL so that the big files are numbered inside the database: users in
-# the order of their first vote event in the round (0, 1, 2, ...).
-_NUMBERS_CTE = (
-    "WITH firsts AS (SELECT user_id, MIN(id) AS first FROM vote_events"
-    " WHERE round_id = {ph} GROUP BY user_id),"
-    " numbers AS (SELECT user_id, ROW_NUMBER() OVER (ORDER BY first) - 1 AS pid FROM firsts) "
+# Participant numbers: users in the order of their first vote event in the round (0, 1, 2...).
+_FIRST_VOTES = (
+    "SELECT user_id, MIN(id) AS first_vote FROM vote_events WHERE round_id = {ph} GROUP BY user_id"
 )
 
 
@@ -205,18 +212,6 @@ def _epoch_ms_sql(conn: Connection, column: str) -> str:
     return (
         f"(CAST(strftime('%s', {column}) AS INTEGER) * 1000"
         f" + CAST(substr({column}, 21, 3) AS INTEGER))"
-    )
-
-
-def _polis_datetime_sql(conn: Connection, column: str) -> str:
-    """SQL for Pol.is's datetime text, 'Wed Jun 18 08:16:54 UTC 2014' (as polis_datetime)."""
-    if conn.dialect.name == "postgresql":
-        return f"to_char({column} AT TIME ZONE 'UTC', 'Dy Mon DD HH24:MI:SS \"UTC\" YYYY')"
-    return (
-        f"substr('SunMonTueWedThuFriSat', 1 + 3 * CAST(strftime('%w', {column}) AS INTEGER), 3)"
-        f" || ' ' || substr('JanFebMarAprMayJunJulAugSepOctNovDec',"
-        f" 3 * CAST(strftime('%m', {column}) AS INTEGER) - 2, 3)"
-        f" || strftime(' %d %H:%M:%S UTC %Y', {column})"
     )
 
 
@@ -246,8 +241,8 @@ def _pseudonyms(conn: Connection, round_id: int) -> dict[int, int]:
     """Map user id -> participant number: order of first vote, then authors who never voted."""
     ph = _placeholder(conn)
     mapping: dict[int, int] = {}
-    for (user_id,) in conn.exec_driver_sql(
-        _NUMBERS_CTE.format(ph=ph) + "SELECT user_id FROM numbers ORDER BY pid", (round_id,)
+    for user_id, _first in conn.exec_driver_sql(
+        _FIRST_VOTES.format(ph=ph) + " ORDER BY first_vote", (round_id,)
     ):
         mapping[user_id] = len(mapping)
     statements = Statement.__table__.c
@@ -428,17 +423,26 @@ def _comments(ex: _Export) -> Iterator[bytes]:
 def _votes(ex: _Export, progress: Progress | None = None) -> Iterator[bytes]:
     conn = ex.conn
     ph = _placeholder(conn)
-    created = "e.created_at"
-    sql = _NUMBERS_CTE.format(ph=ph) + (
-        f"SELECT {_epoch_ms_sql(conn, created)}, {_polis_datetime_sql(conn, created)},"
-        " e.statement_id, n.pid, e.value"
-        " FROM vote_events e LEFT JOIN numbers n ON n.user_id = e.user_id"
-        f" WHERE e.round_id = {ph} ORDER BY e.id"
+    sql = (
+        f"SELECT {_epoch_ms_sql(conn, 'created_at')}, statement_id, user_id, value"
+        f" FROM vote_events WHERE round_id = {ph} ORDER BY id"
     )
+    numbers = ex.pseudonyms  # every voter of the round is in it (numbered by vote events)
+    texts: dict[int, str] = {}  # Pol.is datetime text per second (votes come in time order)
+
+    def text_of(ms: int) -> str:
+        if len(texts) > 4096:
+            texts.clear()
+        text = texts[ms // 1000] = writers.polis_datetime(ms)
+        return text
 
     def batches() -> Iterator[list[tuple]]:
-        for batch in _raw_batches(conn, sql, (ex.round_.id, ex.round_.id)):
-            yield batch
+        number, text = numbers.get, texts.get
+        for batch in _raw_batches(conn, sql, (ex.round_.id,)):
+            yield [
+                (ms, text(ms // 1000) or text_of(ms), sid, number(uid), value)
+                for ms, sid, uid, value in batch
+            ]
             if progress is not None:
                 progress(len(batch))
 
@@ -466,17 +470,18 @@ def _participants_votes(ex: _Export, progress: Progress | None = None) -> Iterat
     )
     column = {sid: i for i, sid in enumerate(ex.statement_ids)}
     width = len(ex.statement_ids)
-    sql = _NUMBERS_CTE.format(ph=ph) + (
-        "SELECT n.pid, v.user_id, v.statement_id, v.value"
-        " FROM votes v LEFT JOIN numbers n ON n.user_id = v.user_id"
-        f" WHERE v.round_id = {ph} ORDER BY n.pid, v.user_id"
+    # In participant order (first vote); the join lets the database sort, not Python.
+    sql = (
+        "SELECT v.user_id, v.statement_id, v.value FROM votes v"
+        f" JOIN ({_FIRST_VOTES.format(ph=ph)}) f ON f.user_id = v.user_id"
+        f" WHERE v.round_id = {ph} ORDER BY f.first_vote, v.user_id"
     )
 
     def rows() -> Iterator[tuple]:
         current: int | None = None
         cells: list[int | None] = []
         for batch in _raw_batches(conn, sql, (rid, rid)):
-            for _pid, user_id, sid, value in batch:
+            for user_id, sid, value in batch:
                 if user_id != current:
                     if current is not None:
                         yield (
@@ -804,10 +809,3 @@ def export_json(actor: User | None, round_id: int) -> dict:
 def json_bytes(data: dict) -> bytes:
     """Serialise an export as UTF-8 JSON (NaN refused: snapshots are plain JSON)."""
     return json.dumps(data, ensure_ascii=False, indent=1, allow_nan=False).encode("utf-8")
-
-
-def validate_format(value: str, allowed: tuple[str, ...]) -> str:
-    """Return the format if allowed, else raise ValidationError."""
-    if value not in allowed:
-        raise ValidationError(f"Unknown format {value!r}; choose one of {', '.join(allowed)}.")
-    return value

@@ -26,6 +26,7 @@ from .accounts import clean_name, normalise_email
 from .authz import require_facilitator
 from .errors import Conflict, InvalidToken, NotAllowed, NotFound, ValidationError
 from .passwords import check_password_rules, hash_password
+from .rounds import is_valid_id
 
 INVITE = "invite"
 RESET = "reset"
@@ -233,7 +234,9 @@ def invite_members(
         raise ValidationError("Nobody to invite.")
     if len(rows) > MAX_CSV_ROWS:
         raise ValidationError(f"Invite at most {MAX_CSV_ROWS:,} people at once.")
-    if round_id is not None and db.session.get(Round, round_id) is None:
+    if round_id is not None and (
+        not is_valid_id(round_id) or db.session.get(Round, round_id) is None
+    ):
         raise NotFound("No such round.")
     # Validate every row before writing anything.
     clean_rows: list[InvitationRow] = []
@@ -428,7 +431,7 @@ def issue_password_reset(
     """Issue a password-reset link for a person (facilitators, not for admins, and admins)."""
     if actor is not None:
         require_facilitator(actor)
-    user = db.session.get(User, user_id) if isinstance(user_id, int) else None
+    user = db.session.get(User, user_id) if is_valid_id(user_id) else None
     if user is None:
         raise NotFound("No such person.")
     if actor is not None and user.role == Role.ADMIN and actor.role != Role.ADMIN:

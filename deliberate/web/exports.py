@@ -130,6 +130,7 @@ def export_zip(round_id: int):
 @export_limit
 def export_identities(round_id: int):
     """Stream the zip with participants' identities, once a facilitator confirms (logged)."""
+    exports_service.check_export(actor(), round_id, identities=True)
     form = IdentitiesForm()
     if not form.validate_on_submit():
         for errors in form.errors.values():

@@ -9,9 +9,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, select
+from sqlalchemy import select
 
-from deliberate.extensions import db as _db
 from deliberate.models import AuditEvent, Role, Statement, User, Vote, VoteEvent
 from deliberate.polis_io import read_polis_folder, writers
 from deliberate.services import exports
@@ -342,58 +341,29 @@ def test_group_ids_in_participants_votes_are_the_snapshots(app, db, factory, peo
 
 
 def test_votes_export_streams_in_chunks(app, db, factory, people, monkeypatch):
-    """The votes are fetched with yield_per and output starts before the rows are all read."""
-    round_ = factory.round(statements=[f"Statement number {i}" for i in range(20)])
-    users = [factory.user(Role.MEMBER) for _ in range(150)]
-    statement_ids = [s.id for s in round_.statements]
-    db.session.execute(
-        VoteEvent.__table__.insert(),
-        [
-            {"round_id": round_.id, "statement_id": s, "user_id": u.id, "value": (u.id + s) % 3 - 1}
-            for u in users
-            for s in statement_ids
-        ],
-    )
-    db.session.execute(
-        Vote.__table__.insert(),
-        [
-            {"round_id": round_.id, "statement_id": s, "user_id": u.id, "value": (u.id + s) % 3 - 1}
-            for u in users
-            for s in statement_ids
-        ],
-    )
-    db.session.commit()
-    total = len(users) * len(statement_ids)  # 3000 votes
+    """The votes are fetched in chunks, and output starts before the rows are all read."""
+    round_ = _bulk_round(factory, db, 150, 20)  # 3,000 votes
+    total = 150 * 20
     monkeypatch.setattr(exports, "FETCH_CHUNK", 100)
     monkeypatch.setattr(writers, "CHUNK_BYTES", 512)
+    fetched = []
+    real_batches = exports._raw_batches
 
-    options = []
-    fetched = {"rows": 0}
-    real_rows = exports._rows
+    def spy_batches(conn, sql, params):
+        for batch in real_batches(conn, sql, params):
+            fetched.append(len(batch))
+            yield batch
 
-    def spy_rows(conn, query):
-        for row in real_rows(conn, query):
-            fetched["rows"] += 1
-            yield row
-
-    def on_execute(conn, cursor, statement, parameters, context, executemany):
-        if "FROM vote_events" in statement:
-            options.append(dict(context.execution_options))
-
-    monkeypatch.setattr(exports, "_rows", spy_rows)
-    event.listen(_db.engine, "after_cursor_execute", on_execute)
-    try:
-        stream = exports.export_csv(people["facilitator"], round_.id, "votes.csv")
-        first = next(stream)
-        assert first.startswith(b"timestamp,datetime,comment-id,voter-id,vote\n")
-        # output began while most rows were still unread in the database cursor
-        assert 0 < fetched["rows"] < total // 2
-        rest = b"".join(stream)
-    finally:
-        event.remove(_db.engine, "after_cursor_execute", on_execute)
-    assert fetched["rows"] == total
+    monkeypatch.setattr(exports, "_raw_batches", spy_batches)
+    stream = exports.export_csv(people["facilitator"], round_.id, "votes.csv")
+    assert fetched == []  # nothing is read before the response starts
+    first = next(stream)
+    assert first.startswith(b"timestamp,datetime,comment-id,voter-id,vote\n")
+    # output began after one chunk of rows, while the rest were still in the database cursor
+    assert fetched == [100]
+    rest = b"".join(stream)
+    assert fetched == [100] * (total // 100)
     assert (first + rest).count(b"\n") == total + 1
-    assert any(o.get("yield_per") == 100 and o.get("stream_results") for o in options)
 
 
 def _bulk_round(factory, db, n_users: int, n_statements: int):

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
 from deliberate.models import (
+    AuditEvent,
     GroupName,
     Invitation,
     Organisation,
@@ -122,6 +123,16 @@ MATRIX: dict[tuple[str, str], dict[str, object]] = {
     ("POST", "/rounds/<int:round_id>/report/statements/<int:statement_id>/show"): row(
         LOGIN, 403, 403, 403, 303, 303
     ),
+    # Exports and the board paper: facilitators, leadership and admins; members never (403 for
+    # any round, so it reveals nothing). Participants' identities: facilitators only, by POST.
+    ("GET", "/rounds/<int:round_id>/exports"): row(LOGIN, 403, 403, 200, 200, 200),
+    ("GET", "/rounds/<int:round_id>/export/<name>.csv"): row(LOGIN, 403, 403, 200, 200, 200),
+    ("GET", "/rounds/<int:round_id>/export/all.zip"): row(LOGIN, 403, 403, 200, 200, 200),
+    ("GET", "/rounds/<int:round_id>/export/snapshot.json"): row(LOGIN, 403, 403, 200, 200, 200),
+    ("GET", "/rounds/<int:round_id>/board-paper"): row(LOGIN, 403, 403, 200, 200, 200),
+    ("GET", "/rounds/<int:round_id>/board-paper.md"): row(LOGIN, 403, 403, 200, 200, 200),
+    ("GET", "/rounds/<int:round_id>/board-paper.pdf"): row(LOGIN, 403, 403, 200, 200, 200),
+    ("POST", "/rounds/<int:round_id>/export/identities"): row(LOGIN, 403, 403, 403, 200, 200),
     ("GET", "/facilitate/people/"): row(LOGIN, 403, 403, 403, 200, 200),
     ("GET", "/facilitate/people/invite"): row(LOGIN, 403, 403, 403, 200, 200),
     ("POST", "/facilitate/people/invite"): row(LOGIN, 403, 403, 403, 200, 200),
@@ -161,6 +172,7 @@ WRITES: dict[tuple[str, str], set[str]] = {
     ("POST", "/rounds/<int:round_id>/report/groups/<int:group_id>/name"): STAFF,
     ("POST", "/rounds/<int:round_id>/report/statements/<int:statement_id>/hide"): STAFF,
     ("POST", "/rounds/<int:round_id>/report/statements/<int:statement_id>/show"): STAFF,
+    ("POST", "/rounds/<int:round_id>/export/identities"): STAFF,
     ("POST", "/facilitate/people/invite"): STAFF,
     ("POST", "/facilitate/people/organisations"): STAFF,
     ("POST", "/facilitate/people/<int:user_id>/reset-link"): STAFF,
@@ -316,6 +328,25 @@ def prepare(method: str, rule: str, s: Samples, actor: User | None) -> Request:
 
     if "/report/" in rule and method == "POST":
         return _report_edit(rule, s, n)
+
+    if "/export" in rule:
+        rid = s.round().id
+        url = rule.replace("<int:round_id>", str(rid)).replace("<name>", "votes")
+        if method == "GET":
+            return Request(url)
+        return Request(
+            url,
+            {"confirm": "y"},
+            effect=lambda: (
+                _count(
+                    db,
+                    AuditEvent,
+                    AuditEvent.action == "export.identities",
+                    AuditEvent.round_id == rid,
+                )
+                == 1
+            ),
+        )
 
     if "<int:statement_id>" in rule:
         statement = s.pending_statement()

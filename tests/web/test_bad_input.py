@@ -173,7 +173,7 @@ def test_route_refuses_bad_input(world, rule):
         assert_clear_message(outcome, f"{rule} unknown id")
     if "<int:" in rule:
         for bad in BAD_URL_IDS:
-            bad_url = url.replace(f"/{_url_id(rule, ids)}/", f"/{bad}/")
+            bad_url = url.replace(f"/{_url_id(rule, ids)}/", f"/{bad}/", 1)
             outcome = post_good(bad_url)
             assert outcome.status == 404, f"{bad_url} -> {outcome.status}"
 

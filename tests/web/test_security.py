@@ -139,7 +139,7 @@ def test_every_post_route_refuses_a_missing_or_wrong_csrf_token(app, world):
             response = client.post(url, json=body, headers={"X-CSRFToken": token})
         else:
             response = client.post(url, data={**body, "csrf_token": token})
-        text = response.get_data(as_text=True)
+        text = response.get_data().decode("utf-8", "replace")  # the export is a zip
         assert response.status_code < 500 and "security token" not in text, f"{rule}: {text[:300]}"
 
 
@@ -484,6 +484,9 @@ def test_security_headers_on_every_kind_of_page(world):
         (member, "get", "/facilitate/"),  # 403
         (facilitator, "get", f"/facilitate/rounds/{ids.round}"),
         (facilitator, "get", "/facilitate/people/"),
+        (facilitator, "get", f"/rounds/{ids.round}/report"),
+        (facilitator, "get", f"/rounds/{ids.round}/report/map.svg"),
+        (facilitator, "get", f"/rounds/{ids.round}/board-paper"),
     ]
     for client, method, url in samples:
         response = getattr(client, method)(url)
@@ -605,3 +608,13 @@ def test_login_is_rate_limited_with_a_clear_message(app_config):
             data={"email": "someone@example.org", "password": "wrong guess", "csrf_token": token},
         )
         assert response.status_code == 400
+
+        # Invitation and reset links are rate-limited as well (guessing tokens is pointless).
+        guesser = app.test_client()
+        guesser.environ_base["REMOTE_ADDR"] = "198.51.100.7"
+        token = token_from(guesser, "/login")
+        for link in ("/invite/guessed-token", "/reset/guessed-token"):
+            statuses = [
+                guesser.post(link, data={"csrf_token": token}).status_code for _ in range(11)
+            ]
+            assert statuses == [400] * 10 + [429], f"{link}: {statuses}"
