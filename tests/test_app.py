@@ -119,3 +119,31 @@ def test_ids_beyond_the_database_range_are_not_found(client):
         for method in sorted(rule.methods - {"HEAD", "OPTIONS"}):
             response = client.open(path, method=method)
             assert response.status_code == 404, (method, path, response.status_code)
+
+
+def test_ids_just_beyond_32_bits_are_refused_cleanly(client, db, factory, login_as):
+    """2**31 fits SQLite's integers but not PostgreSQL's: form, JSON and query ids are 4xx."""
+    from deliberate.models import Role, Vote
+
+    too_big = 2**31
+    org = factory.organisation()
+    facilitator = factory.user(Role.FACILITATOR, organisation=org)
+    member = factory.user(Role.MEMBER, organisation=org)
+    round_ = factory.round(statements=["One statement"])
+
+    login_as(member)
+    json_vote = client.post(
+        f"/api/rounds/{round_.id}/votes", json={"statement_id": too_big, "value": 1}
+    )
+    assert json_vote.status_code == 404, json_vote.get_data(as_text=True)[:300]
+    form_vote = client.post(
+        f"/rounds/{round_.id}/vote", data={"statement_id": str(too_big), "value": "1"}
+    )
+    assert form_vote.status_code == 303
+    assert db.session.query(Vote).count() == 0
+
+    login_as(facilitator)
+    people = client.get(f"/facilitate/people/?organisation={too_big}")
+    assert people.status_code == 200
+    audit = client.get(f"/facilitate/audit?round={too_big}&before={too_big}")
+    assert audit.status_code == 200

@@ -122,8 +122,11 @@ def _assign_near(
     cc : (m, m) centre-centre distances with an infinite diagonal.
     """
     m = centers.shape[0]
-    nn = np.argsort(cc, axis=1, kind="stable")[:, :_NEIGHBOURS]  # (m, L)
-    reach = cc[np.arange(m), nn[:, -1]]
+    # The L nearest other centres of each centre, in any order: reach is the L-th smallest
+    # distance, whichever of several tied centres makes up the set (a tied centre left out is
+    # at reach, so farther than ``far`` below bounds, and never the nearest; lo is the same).
+    nn = np.argpartition(cc, _NEIGHBOURS - 1, axis=1)[:, :_NEIGHBOURS]  # (m, L)
+    reach = cc[np.arange(m)[:, None], nn].max(axis=1)
     a = labels[check]
     guard = up[check] < 0.5 * reach[a] * (1.0 - 1e-9)
     sub = check[guard]
@@ -150,16 +153,106 @@ _BOUNDS_MIN_POINTS = 4096
 
 def _same_clustering(old: np.ndarray, new: np.ndarray, threshold: float = 0.01) -> bool:
     """Pol.is ``same-clustering?``: lexicographically sorted centres pairwise closer than 0.01."""
-    a = old[np.lexsort((old[:, 1], old[:, 0]))]
-    b = new[np.lexsort((new[:, 1], new[:, 0]))]
+    return _same_sorted(_lex_sorted(old), _lex_sorted(new), threshold)
+
+
+def _lex_sorted(c: np.ndarray) -> np.ndarray:
+    """Centres sorted lexicographically (x, then y), stable."""
+    return c[np.lexsort((c[:, 1], c[:, 0]))]
+
+
+def _same_sorted(a: np.ndarray, b: np.ndarray, threshold: float = 0.01) -> bool:
+    """:func:`_same_clustering` on already sorted centres (2 columns: the row sum is x + y)."""
     m = min(a.shape[0], b.shape[0])  # Clojure's zip truncates
-    return bool(np.all(np.sqrt(((a[:m] - b[:m]) ** 2).sum(axis=1)) < threshold))
+    d = (a - b) if a.shape[0] == b.shape[0] else (a[:m] - b[:m])
+    d *= d
+    return np.count_nonzero(np.sqrt(d[:, 0] + d[:, 1]) < threshold) == m
+
+
+def _distinct_first(points: np.ndarray) -> np.ndarray:
+    """Sorted indices of the first occurrence of each distinct (x, y) row (as
+    ``np.unique(points, axis=0, return_index=True)``, sorted), by one stable lexsort."""
+    n = points.shape[0]
+    if n == 0:
+        return np.zeros(0, np.intp)
+    order = np.lexsort((points[:, 1], points[:, 0]))
+    s = points[order]
+    first = np.empty(n, dtype=bool)
+    first[0] = True
+    np.not_equal(s[1:, 0], s[:-1, 0], out=first[1:])
+    first[1:] |= s[1:, 1] != s[:-1, 1]
+    idx = order[first]
+    idx.sort()
+    return idx
+
+
+def _n_distinct(points: np.ndarray) -> int:
+    """Number of distinct (x, y) rows (as ``np.unique(points, axis=0).shape[0]``)."""
+    n = points.shape[0]
+    if n <= 1:
+        return n
+    order = np.lexsort((points[:, 1], points[:, 0]))
+    s = points[order]
+    return 1 + int(np.count_nonzero((s[1:, 0] != s[:-1, 0]) | (s[1:, 1] != s[:-1, 1])))
 
 
 def _first_distinct(points: np.ndarray, k: int) -> np.ndarray:
     """Indices of the first ``k`` distinct points in input order."""
-    _, idx = np.unique(points, axis=0, return_index=True)
-    return np.sort(idx)[:k]
+    return _distinct_first(points)[:k]
+
+
+def _kmeans_small(
+    points: np.ndarray, w: np.ndarray, ids: np.ndarray, centers: np.ndarray, max_iters: int
+) -> Clustering:
+    """The plain (unbounded) Lloyd loop of :func:`polis_kmeans` with the per-iteration Python
+    overhead cut (same operations in the same order, so bit-identical results): one chunk of
+    squared distances, weighted coordinates computed once, the sorted centres of one step
+    reused as the "old" centres of the next."""
+    n = points.shape[0]
+    px = points[:, 0:1]
+    py = points[:, 1:2]
+    wx = w * points[:, 0]
+    wy = w * points[:, 1]
+    old_sorted = None
+    labels = None
+    # With positive weights a cluster is non-empty exactly when its weight sum is positive
+    # (a sum of positive floats cannot be 0), which saves the count.
+    positive = np.count_nonzero(w > 0) == n
+    for it in range(max_iters + 1):
+        m = centers.shape[0]
+        d = px - centers[::-1, 0]
+        d *= d
+        e = py - centers[::-1, 1]
+        e *= e
+        d += e
+        labels = (m - 1) - d.argmin(axis=1)
+        m = ids.size
+        wsum = np.bincount(labels, weights=w, minlength=m)
+        keep = (wsum > 0) if positive else (np.bincount(labels, minlength=m) > 0)
+        sx = np.bincount(labels, weights=wx, minlength=m)
+        sy = np.bincount(labels, weights=wy, minlength=m)
+        new = np.empty((m, 2))
+        if np.count_nonzero(keep) == m:
+            np.divide(sx, wsum, out=new[:, 0])
+            np.divide(sy, wsum, out=new[:, 1])
+        else:
+            new = np.stack([sx, sy], axis=1)[keep] / wsum[keep][:, None]
+            remap = np.cumsum(keep) - 1
+            labels = remap[labels]
+            ids = ids[keep]
+        if it == max_iters:
+            centers = new
+            break
+        if old_sorted is None:
+            old_sorted = _lex_sorted(centers)
+        new_sorted = _lex_sorted(new)
+        centers = new
+        if _same_sorted(old_sorted, new_sorted):
+            break
+        old_sorted = new_sorted
+    if labels is None:
+        labels = np.zeros(n, np.int64)
+    return Clustering(ids, centers, labels)
 
 
 def polis_kmeans(
@@ -203,11 +296,13 @@ def polis_kmeans(
     else:
         ids = np.asarray(init_ids, dtype=np.int64)
         centers = np.asarray(init_centers, dtype=np.float64).reshape(-1, 2)
+    bounded = n >= _BOUNDS_MIN_POINTS if use_bounds is None else use_bounds
+    if not bounded and n * max(centers.shape[0], 1) <= 262_144:
+        return _kmeans_small(points, w, ids, centers, max_iters)
     labels = np.zeros(n, np.int64)
     # Hamerly's bounds give exactly the assignments of the plain step (a point is skipped only
     # when its centre is strictly the closest, with a margin for rounding), much faster once
     # the centres barely move.
-    bounded = n >= _BOUNDS_MIN_POINTS if use_bounds is None else use_bounds
     up = lo = None
     for it in range(max_iters + 1):
         if not bounded or up is None:
@@ -287,13 +382,14 @@ def clean_start(
     n = points.shape[0]
     w = np.ones(n) if weights is None else np.asarray(weights, dtype=np.float64)
     index = {kk: i for i, kk in enumerate(keys.tolist())}
+    pw = points * w[:, None]  # the same products as (points[ii] * w[ii, None]), once
     clusters: list[tuple[int, int, np.ndarray]] = []  # (id, n_members, center)
     for cid, members in previous:
         idx = [index[m] for m in members if m in index]
         if not idx:
             continue
         ii = np.asarray(idx)
-        c = (points[ii] * w[ii, None]).sum(axis=0) / w[ii].sum()
+        c = np.add.reduce(pw[ii], axis=0) / np.add.reduce(w[ii])  # = .sum(axis=0) / .sum()
         clusters.append((int(cid), len(idx), c))
     if not clusters:
         return None
@@ -310,8 +406,8 @@ def clean_start(
     items = sorted(merged.values(), key=lambda t: t[0])
     ids = [t[0] for t in items]
     centers = [t[2] for t in items]
-    n_distinct = np.unique(points, axis=0).shape[0]
-    target = min(k, n_distinct)
+    # target = min(k, distinct points); only needed when there are fewer than k clusters
+    target = min(k, _n_distinct(points)) if len(ids) < k else k
     if len(ids) < target:
         cm = np.asarray(centers)
         dmin = np.min(((points[:, None, :] - cm[None, :, :]) ** 2).sum(axis=2), axis=1)
@@ -323,32 +419,38 @@ def clean_start(
     return np.asarray(ids, np.int64), np.asarray(centers, np.float64).reshape(-1, 2)
 
 
-def silhouette(points: np.ndarray, labels: np.ndarray) -> float:
+def _pairwise(points: np.ndarray) -> np.ndarray:
+    """(n, n) Euclidean distances, as :func:`silhouette` computes them."""
+    return np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=2))
+
+
+def silhouette(points: np.ndarray, labels: np.ndarray, dist: np.ndarray | None = None) -> float:
     """Mean silhouette (Pol.is ``clusters.clj`` ``silhouette``), unweighted, Euclidean.
 
     A point alone in its cluster scores 0. Only ever called on <= 100 base-cluster centres.
+    ``dist``: ``_pairwise(points)`` when the caller already has it (same points, several k).
     """
     n = points.shape[0]
     if n == 0:
         return 0.0
-    d = np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=2))
+    d = _pairwise(points) if dist is None else dist
     labs = np.unique(labels)
     # mean distance from each point to each cluster (excluding itself for its own cluster)
     sums = np.stack([d[:, labels == g].sum(axis=1) for g in labs], axis=1)
     sizes = np.array([(labels == g).sum() for g in labs])
     own = np.searchsorted(labs, labels)
     s = np.zeros(n)
-    for i in range(n):
-        ni = sizes[own[i]]
-        if ni <= 1:
-            continue
-        a = sums[i, own[i]] / (ni - 1)
-        other = [sums[i, j] / sizes[j] for j in range(labs.size) if j != own[i]]
-        if not other:
-            continue
-        b = min(other)
-        mx = max(a, b)
-        s[i] = (b - a) / mx if mx > 0 else 0.0
+    if labs.size < 2:
+        return float(s.mean())  # no other cluster: every point scores 0
+    rows = np.arange(n)
+    ni = sizes[own]
+    a = sums[rows, own] / np.maximum(ni - 1, 1)
+    other = sums / sizes[None, :]
+    other[rows, own] = np.inf
+    b = other.min(axis=1)
+    mx = np.maximum(a, b)
+    ok = (ni > 1) & (mx > 0)
+    s[ok] = (b[ok] - a[ok]) / mx[ok]
     return float(s.mean())
 
 
@@ -432,6 +534,149 @@ def _inertia(points: np.ndarray, weights: np.ndarray, cl: Clustering) -> float:
     return float((weights * (d * d).sum(axis=1)).sum())
 
 
+def _choice(rng: np.random.Generator, p: np.ndarray) -> int:
+    """``int(rng.choice(p.size, p=p))`` without its argument checks: the same inverse-CDF draw
+    (cumsum, normalised by its last value, one ``rng.random()``, right-sided search), so the
+    same index and the same generator state."""
+    cdf = np.cumsum(p)
+    cdf /= cdf[-1]
+    return int(cdf.searchsorted(rng.random(), side="right"))
+
+
+def _kmeans_batch(
+    points: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iters: int
+) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    """Several independent runs of the plain Lloyd loop of :func:`_kmeans_small` at once.
+
+    points : (R, n, 2) (a broadcast view is fine); w : (R, n) positive weights; centers :
+    (R, k, 2) starting centres. Every operation is the per-run one applied along a leading
+    run axis (elementwise arithmetic, row-wise argmin, per-bin sums that add the points in the
+    same order as a per-run ``bincount``, a per-run stable lexsort of the centres), so each run
+    gets exactly the labels and centres that :func:`polis_kmeans` gives it alone. A run in which
+    a cluster empties (its k would change) is returned as None for the caller to redo alone.
+    Returns [(labels (n,), centers (k, 2)) or None] in run order.
+    """
+    n_runs, n = w.shape
+    k = centers.shape[1]
+    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n_runs
+    active = np.arange(n_runs)
+    px = points[:, :, 0:1]
+    py = points[:, :, 1:2]
+    wx = w * points[:, :, 0]
+    wy = w * points[:, :, 1]
+    cen = np.asarray(centers, dtype=np.float64)
+    old_sorted = None
+    for it in range(max_iters + 1):
+        if not active.size:
+            break
+        r = active.size
+        d = px[active] - cen[:, None, ::-1, 0]
+        d *= d
+        e = py[active] - cen[:, None, ::-1, 1]
+        e *= e
+        d += e
+        labels = (k - 1) - d.argmin(axis=2)  # (r, n)
+        keys = (labels + (np.arange(r) * k)[:, None]).ravel()
+        wsum = np.bincount(keys, weights=w[active].ravel(), minlength=r * k).reshape(r, k)
+        sx = np.bincount(keys, weights=wx[active].ravel(), minlength=r * k).reshape(r, k)
+        sy = np.bincount(keys, weights=wy[active].ravel(), minlength=r * k).reshape(r, k)
+        full = np.count_nonzero(wsum > 0, axis=1) == k  # else a cluster emptied: redo alone
+        new = np.empty((r, k, 2))
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 only in runs not full
+            np.divide(sx, wsum, out=new[:, :, 0])
+            np.divide(sy, wsum, out=new[:, :, 1])
+        if it == max_iters:
+            done = np.ones(r, dtype=bool)
+            new_sorted = None
+        else:
+            rows = np.arange(r)[:, None]
+            if old_sorted is None:
+                old_sorted = cen[rows, np.lexsort((cen[:, :, 1], cen[:, :, 0]), axis=-1)]
+            new_sorted = new[rows, np.lexsort((new[:, :, 1], new[:, :, 0]), axis=-1)]
+            dd = old_sorted - new_sorted
+            dd *= dd
+            done = np.count_nonzero(np.sqrt(dd[:, :, 0] + dd[:, :, 1]) < 0.01, axis=1) == k
+        for i in np.flatnonzero(done & full).tolist():
+            out[int(active[i])] = (labels[i], new[i])
+        stay = ~done & full
+        active = active[stay]
+        cen = new[stay]
+        if new_sorted is not None:
+            old_sorted = new_sorted[stay]
+    return out
+
+
+def _kpp_seeds(
+    points: np.ndarray,
+    weights: np.ndarray,
+    p_w: np.ndarray,
+    k: int,
+    restarts: int,
+    rng: np.random.Generator,
+) -> list[list[int]]:
+    """Weighted k-means++ seed indices of each restart (restarts that cannot find k distinct
+    seeds are left out), one restart at a time."""
+    starts: list[list[int]] = []
+    for _ in range(restarts):
+        idx = [_choice(rng, p_w)]
+        d2 = ((points - points[idx[0]]) ** 2).sum(axis=1)
+        while len(idx) < k:
+            prob = weights * d2
+            tot = prob.sum()
+            if tot <= 0:
+                break
+            j = _choice(rng, prob / tot)
+            idx.append(j)
+            d2 = np.minimum(d2, ((points - points[j]) ** 2).sum(axis=1))
+        if len(idx) < k:
+            continue
+        starts.append(idx)
+    return starts
+
+
+def _kpp_seeds_batch(
+    points: np.ndarray,
+    weights: np.ndarray,
+    p_w: np.ndarray,
+    k: int,
+    restarts: int,
+    rng: np.random.Generator,
+) -> list[list[int]] | None:
+    """:func:`_kpp_seeds` for all restarts at once, or None when some restart would stop early
+    (the caller then re-seeds one at a time). Each restart draws exactly k uniforms in order, so
+    ``rng.random((restarts, k))`` holds the same numbers as the sequential draws; per restart
+    the arithmetic is the same elementwise (row sums and cumulative sums along a row are the 1-D
+    ones), and ``searchsorted(cdf, u, side="right")`` on a non-decreasing cdf is the count of
+    ``cdf <= u``."""
+    if restarts <= 0 or k <= 0:
+        return []
+    u = rng.random((restarts, k))
+    cdf = np.cumsum(p_w)
+    cdf /= cdf[-1]
+    first = cdf.searchsorted(u[:, 0], side="right")
+    px, py = points[:, 0], points[:, 1]
+    dx = px[None, :] - px[first][:, None]
+    dy = py[None, :] - py[first][:, None]
+    d2 = dx * dx
+    d2 += dy * dy
+    chosen = [first]
+    for t in range(1, k):
+        prob = weights * d2
+        tot = prob.sum(axis=1)
+        if not np.all(tot > 0):
+            return None
+        c = np.cumsum(prob / tot[:, None], axis=1)
+        c /= c[:, -1:]
+        j = np.count_nonzero(c <= u[:, t : t + 1], axis=1)
+        chosen.append(j)
+        dx = px[None, :] - px[j][:, None]
+        dy = py[None, :] - py[j][:, None]
+        e = dx * dx
+        e += dy * dy
+        np.minimum(d2, e, out=d2)
+    return np.stack(chosen, axis=1).tolist()
+
+
 def best_of_restarts(
     points: np.ndarray,
     weights: np.ndarray,
@@ -453,26 +698,42 @@ def best_of_restarts(
     best, best_i = first, _inertia(points, weights, first)
     rng = np.random.default_rng(7919 + k)
     n = points.shape[0]
-    distinct = np.unique(points, axis=0).shape[0]
+    distinct = _n_distinct(points)
     if distinct <= k:
         return best
     p_w = weights / weights.sum()
-    for _ in range(restarts):
-        idx = [int(rng.choice(n, p=p_w))]
-        d2 = ((points - points[idx[0]]) ** 2).sum(axis=1)
-        while len(idx) < k:
-            prob = weights * d2
-            tot = prob.sum()
-            if tot <= 0:
-                break
-            j = int(rng.choice(n, p=prob / tot))
-            idx.append(j)
-            d2 = np.minimum(d2, ((points - points[j]) ** 2).sum(axis=1))
-        if len(idx) < k:
-            continue
-        cl = polis_kmeans(
-            points, k, max_iters, weights=weights, init_ids=np.arange(k), init_centers=points[idx]
+    # The seeds depend only on the generator, not on the k-means runs: draw them all, run the
+    # k-means of all restarts together (_kmeans_batch, identical per run), then compare in order.
+    starts = _kpp_seeds_batch(points, weights, p_w, k, restarts, rng)
+    if starts is None:  # some restart stopped early: redo the seeding one restart at a time
+        rng = np.random.default_rng(7919 + k)
+        starts = _kpp_seeds(points, weights, p_w, k, restarts, rng)
+    batched: list = [None] * len(starts)
+    w = np.asarray(weights, dtype=np.float64)
+    if (
+        len(starts) > 1
+        and n < _BOUNDS_MIN_POINTS
+        and n * k <= 262_144
+        and np.count_nonzero(w > 0) == n
+    ):
+        batched = _kmeans_batch(
+            np.broadcast_to(points, (len(starts),) + points.shape),
+            np.broadcast_to(w, (len(starts), n)),
+            points[np.asarray(starts)].astype(np.float64),
+            max_iters,
         )
+    for idx, res in zip(starts, batched, strict=True):
+        if res is None:
+            cl = polis_kmeans(
+                points,
+                k,
+                max_iters,
+                weights=weights,
+                init_ids=np.arange(k),
+                init_centers=points[idx],
+            )
+        else:
+            cl = Clustering(np.arange(k, dtype=np.int64), res[1], res[0])
         i = _inertia(points, weights, cl)
         if i < best_i - 1e-12 * max(best_i, 1.0):
             best, best_i = cl, i

@@ -49,6 +49,8 @@ from . import organisations as _org
 from .bridging import bridging_scores
 from .clustering import (
     Clustering,
+    _n_distinct,
+    _pairwise,
     best_of_restarts,
     clean_start,
     match_ids,
@@ -241,7 +243,9 @@ class AnalysisResult:
         groups = []
         members = self.groups
         gv = self.group_votes
+        gvl = gv.tolist()  # Python numbers once, instead of numpy scalars per cell
         for gi, gid in enumerate(self.group_ids):
+            ga, gd, gp = gvl[0][gi], gvl[1][gi], gvl[2][gi]
             groups.append(
                 {
                     "id": gid,
@@ -257,10 +261,10 @@ class AnalysisResult:
                     ],
                     "votes": {
                         sk[j]: {
-                            "agree": int(gv[0, gi, j]),
-                            "disagree": int(gv[1, gi, j]),
-                            "pass": int(gv[2, gi, j]),
-                            "seen": int(gv[0, gi, j] + gv[1, gi, j] + gv[2, gi, j]),
+                            "agree": int(ga[j]),
+                            "disagree": int(gd[j]),
+                            "pass": int(gp[j]),
+                            "seen": int(ga[j] + gd[j] + gp[j]),
                         }
                         for j in np.flatnonzero(gv[:, gi, :].sum(axis=0)).tolist()
                     },
@@ -269,25 +273,30 @@ class AnalysisResult:
         av = self.all_votes
         ic_votes = gv.sum(axis=1) if self.k else np.zeros_like(av)
         statements = {}
+        # Python numbers once per array (the same values as indexing the arrays per cell)
+        a0, a1, a2 = av.tolist()
+        a_seen = av.sum(axis=0).tolist()
+        i0, i1, i2 = ic_votes.tolist()
+        i_seen = ic_votes.sum(axis=0).tolist()
+        mod_out, is_meta = self.mod_out.tolist(), self.is_meta.tolist()
+        px, py = self.statement_projection[0].tolist(), self.statement_projection[1].tolist()
+        extremity = self.extremity.tolist()
         for j, s in enumerate(sk):
             statements[s] = {
-                "agree": int(av[0, j]),
-                "disagree": int(av[1, j]),
-                "pass": int(av[2, j]),
-                "seen": int(av[:, j].sum()),
+                "agree": int(a0[j]),
+                "disagree": int(a1[j]),
+                "pass": int(a2[j]),
+                "seen": int(a_seen[j]),
                 "in_groups": {
-                    "agree": int(ic_votes[0, j]),
-                    "disagree": int(ic_votes[1, j]),
-                    "pass": int(ic_votes[2, j]),
-                    "seen": int(ic_votes[:, j].sum()),
+                    "agree": int(i0[j]),
+                    "disagree": int(i1[j]),
+                    "pass": int(i2[j]),
+                    "seen": int(i_seen[j]),
                 },
-                "moderated_out": bool(self.mod_out[j]),
-                "meta": bool(self.is_meta[j]),
-                "projection": [
-                    _f(self.statement_projection[0, j]),
-                    _f(self.statement_projection[1, j]),
-                ],
-                "extremity": _f(self.extremity[j]),
+                "moderated_out": bool(mod_out[j]),
+                "meta": bool(is_meta[j]),
+                "projection": [_f(px[j]), _f(py[j])],
+                "extremity": _f(extremity[j]),
             }
         out: dict = {
             "participants": len(pids),
@@ -336,6 +345,8 @@ class AnalysisResult:
             return None
         sk = [_key(s) for s in self.statement_ids]
         iv = st["intervals"]
+        gac_l, bridging_l = iv["gac"].tolist(), iv["bridging"].tolist()
+        share_l, cf_l = iv["agree_share"].tolist(), st["consensus_frequency"].tolist()
         return {
             "method": "Poisson bootstrap over participant buckets; see deliberate.analysis."
             "stability",
@@ -353,10 +364,10 @@ class AnalysisResult:
             },
             "statements": {
                 s: {
-                    "gac": iv["gac"][j].tolist(),
-                    "bridging": iv["bridging"][j].tolist(),
-                    "agree_share": iv["agree_share"][j].tolist(),
-                    "consensus_frequency": float(st["consensus_frequency"][j]),
+                    "gac": gac_l[j],
+                    "bridging": bridging_l[j],
+                    "agree_share": share_l[j],
+                    "consensus_frequency": float(cf_l[j]),
                 }
                 for j, s in enumerate(sk)
             },
@@ -483,13 +494,14 @@ def run_analysis(
     base_members = base.members(keys)
 
     # --- group clusterings for every allowed k, silhouette, smoother
-    n_distinct = np.unique(base.centers, axis=0).shape[0] if n_base else 0
+    n_distinct = _n_distinct(base.centers) if n_base else 0
     max_k = min(params.max_k, max_group_k(n_base))
     ks = [k for k in range(2, max_k + 1) if k <= n_distinct]
     prev_gc = state.get("group_clusterings") or {}
     clusterings: dict[int, Clustering] = {}
     sils: dict[int, float] = {}
     base_keys = base.ids
+    dist = None  # base-centre distances, shared by the silhouettes of every k
     for k in ks:
         prev = _clusters_from_state(prev_gc.get(str(k)))
         init = clean_start(base.centers, base_keys, k, prev, weights=base_sizes) if prev else None
@@ -509,7 +521,9 @@ def run_analysis(
                 init_centers=init[1],
             )
         clusterings[k] = cl
-        sils[k] = silhouette(base.centers, cl.labels)
+        if dist is None:
+            dist = _pairwise(base.centers)
+        sils[k] = silhouette(base.centers, cl.labels, dist)
     smoother = state.get("smoother")
     if ks:
         best = max(sils.values())

@@ -27,7 +27,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from .clustering import clean_start, match_ids, polis_kmeans
+from .clustering import (
+    _BOUNDS_MIN_POINTS,
+    Clustering,
+    _kmeans_batch,
+    clean_start,
+    match_ids,
+    polis_kmeans,
+)
 from .matrix import Votes
 from .stats import Z90, prop_test
 
@@ -163,14 +170,53 @@ def bootstrap(
         sizes = cnt.sum(axis=0)
         prev = [(g, base_ids[group_of_base == g].tolist()) for g in range(n_groups)]
         same = np.zeros((replicates, n_base), dtype=bool)
+        # The replicates' k-means are independent: set them all up first, run those of the same
+        # shape together (_kmeans_batch gives each run exactly its polis_kmeans result), then
+        # finish each replicate in order.
+        setups: list = [None] * replicates
+        shapes: dict[tuple[int, int], list[int]] = {}
+        present_rb = bw > 0  # (R, n_base)
+        n_present = np.count_nonzero(present_rb, axis=1).tolist()
+        # Replicates where every base cluster is present: their points all at once (the same
+        # elementwise divisions as one replicate at a time).
+        full = np.flatnonzero(present_rb.all(axis=1))
+        full_pts = np.stack([bx[full], by[full]], axis=2) / bw[full][:, :, None]
+        full_at = {int(r): i for i, r in enumerate(full.tolist())}
         for r in range(replicates):
-            present = bw[r] > 0
-            if not present.any():
+            if not n_present[r]:
                 continue
-            pts = np.stack([bx[r, present], by[r, present]], axis=1) / bw[r, present][:, None]
+            present = present_rb[r]
+            if r in full_at:
+                pts = full_pts[full_at[r]]
+                weights_r = bw[r]
+            else:
+                weights_r = bw[r, present]
+                pts = np.stack([bx[r, present], by[r, present]], axis=1) / weights_r[:, None]
             keys = base_ids[present]
-            init = clean_start(pts, keys, n_groups, prev, weights=bw[r, present])
-            if init is None:
+            init = clean_start(pts, keys, n_groups, prev, weights=weights_r)
+            setups[r] = (present, pts, init)
+            if init is not None and init[0].size:
+                shapes.setdefault((pts.shape[0], init[0].size), []).append(r)
+        done: dict[int, Clustering] = {}
+        for (n_pts, k_r), rs in shapes.items():
+            if len(rs) < 2 or n_pts >= _BOUNDS_MIN_POINTS or n_pts * k_r > 262_144:
+                continue
+            res = _kmeans_batch(
+                np.stack([setups[r][1] for r in rs]),
+                np.stack([bw[r, setups[r][0]] for r in rs]),  # (present weights)
+                np.stack([setups[r][2][1] for r in rs]),
+                group_iters,
+            )
+            for r, one in zip(rs, res, strict=True):
+                if one is not None:
+                    done[r] = Clustering(setups[r][2][0], one[1], one[0])
+        for r in range(replicates):
+            if setups[r] is None:
+                continue
+            present, pts, init = setups[r]
+            if r in done:
+                cl = done[r]
+            elif init is None:
                 cl = polis_kmeans(pts, n_groups, group_iters, weights=bw[r, present])
             else:
                 cl = polis_kmeans(
@@ -181,13 +227,18 @@ def bootstrap(
                     init_ids=init[0],
                     init_centers=init[1],
                 )
-            lab = np.empty(n_base, np.int64)
-            lab[present] = cl.labels
-            if (~present).any():
+            if n_present[r] == n_base:
+                lab = cl.labels
+            else:
+                lab = np.empty(n_base, np.int64)
+                lab[present] = cl.labels
+            if n_present[r] < n_base:
                 d = ((base_centers[~present, None, :] - cl.centers[None, :, :]) ** 2).sum(axis=2)
                 lab[~present] = np.argmin(d, axis=1)
-            ov = np.zeros((cl.ids.size, n_groups))
-            np.add.at(ov, (lab, group_of_base), sizes)
+            # integer-valued sizes: the sums are exact in any order (as np.add.at's)
+            ov = np.bincount(
+                lab * n_groups + group_of_base, weights=sizes, minlength=cl.ids.size * n_groups
+            ).reshape(cl.ids.size, n_groups)
             mapped = match_ids(
                 ov, list(range(n_groups)), fresh_ids=list(range(n_groups, n_groups + cl.ids.size))
             )

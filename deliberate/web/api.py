@@ -41,7 +41,8 @@ def _statement_json(statement: voting.OfferedStatement | None) -> dict | None:
 
 def _read_vote_body() -> tuple[int, int]:
     """Read {"statement_id": int, "value": -1|0|1} from the body, or raise ValidationError."""
-    body = request.get_json(force=True, silent=True)
+    # Only a JSON content type: a cross-site <form> can send text/plain, never application/json.
+    body = request.get_json(silent=True) if request.is_json else None
     if not isinstance(body, dict):
         raise ValidationError(
             'Send a JSON object such as {"statement_id": 12, "value": 1} '
