@@ -11,7 +11,9 @@ when a POST route is added without one. Each request is checked three ways:
 - no SQL statement was sent with a NUL character in a parameter and no stored string is longer
   than its column: SQLite accepts both, PostgreSQL answers them with an error (a 500 there).
 
-Hypothesis fuzzes the form fields of the main endpoints with the same checks.
+Hypothesis fuzzes the form fields of the main endpoints with the same checks, and every GET
+route gets junk query strings and unknown ids (never a 500 either). The sample coalition and
+`CASES` live in tests/web/robustness.py, shared with test_security.py.
 """
 
 from __future__ import annotations
