@@ -156,6 +156,11 @@ class ConsensusItem:
     robust: bool | None  # None: no stability data
 
     @property
+    def in_every_group(self) -> bool:
+        """Whether every group shown (3 or more people) has a majority the same way."""
+        return self.min_group_pct is None or self.min_group_pct > 50
+
+    @property
     def strength(self) -> str:
         if self.robust is None:
             return "stability not checked"
@@ -244,6 +249,7 @@ class Report:
     headline: Headline | None = None
     groups: list[GroupRef] = field(default_factory=list)
     consensus: list[ConsensusItem] = field(default_factory=list)
+    majority_only: list[ConsensusItem] = field(default_factory=list)
     divisive: list[StatementFigures] = field(default_factory=list)
     group_summaries: list[GroupSummary] = field(default_factory=list)
     uncertain: list[StatementFigures] = field(default_factory=list)
@@ -456,6 +462,19 @@ def _audience(round_: Round) -> tuple[int, list[Organisation]]:
     return int(members or 0), orgs
 
 
+# A statement divides the groups when their agree shares are at least this far apart.
+DIVISIVE_MIN_SPREAD = 0.3
+
+
+def splits_groups(figures: StatementFigures) -> bool:
+    """Whether the groups shown (3 or more people each) differ by DIVISIVE_MIN_SPREAD or more
+    in the share agreeing: the analysis ranks every statement; the report lists real splits."""
+    shares = [
+        s.agree / s.seen for _ref, s in figures.by_group if not s.suppressed and s.seen
+    ]
+    return len(shares) >= 2 and max(shares) - min(shares) >= DIVISIVE_MIN_SPREAD
+
+
 def _consensus_item(
     figures: StatementFigures, direction: str, stability: dict | None
 ) -> ConsensusItem:
@@ -550,12 +569,17 @@ def build_report(
 
     stability = result.get("stability")
     consensus = result.get("consensus") or {}
-    report.consensus = [
+    candidates = [
         _consensus_item(f, direction, stability)
         for direction in ("agree", "disagree")
         for f in pick(consensus.get(direction))
     ]
-    report.divisive = pick(result.get("divisive"))
+    # Pol.is's consensus lists ask only for a significant majority overall; the report's
+    # "what unites" asks for a majority in the same direction in every group shown as well.
+    # The rest are listed apart, as agreed overall but not in every group.
+    report.consensus = [c for c in candidates if c.in_every_group]
+    report.majority_only = [c for c in candidates if not c.in_every_group]
+    report.divisive = [f for f in pick(result.get("divisive")) if splits_groups(f)]
 
     for ref in refs:
         g = groups_by_id.get(ref.id) or {}

@@ -85,12 +85,31 @@ def test_consensus_and_divisive_match_the_snapshot(demo, leadership):
     assert report.analysed
     expected = [int(s) for s in result["consensus"]["agree"] + result["consensus"]["disagree"]]
     assert expected, "the demo has consensus statements"
-    assert _ids(report.consensus) == expected
-    assert _ids(report.divisive) == [int(s) for s in result["divisive"]]
-    directions = [c.direction for c in report.consensus]
-    assert directions == ["agree"] * len(result["consensus"]["agree"]) + ["disagree"] * len(
-        result["consensus"]["disagree"]
-    )
+    # The snapshot's consensus lists, in order, split into "in every group" and the rest.
+    assert sorted(_ids(report.consensus) + _ids(report.majority_only)) == sorted(expected)
+    assert _ids(report.consensus) == [i for i in expected if i in _ids(report.consensus)]
+    assert report.consensus, "the demo has statements agreed in every group"
+
+    def group_shares(statement_id, direction):
+        out = []
+        for g in result["groups"]:
+            c = g["votes"].get(str(statement_id))
+            if c and g["n_members"] >= 3 and c["seen"] >= 3:
+                out.append(c[direction] / c["seen"])
+        return out
+
+    for c in report.consensus:
+        assert all(share > 0.5 for share in group_shares(c.statement.id, c.direction))
+    for c in report.majority_only:
+        assert any(share <= 0.505 for share in group_shares(c.statement.id, c.direction))
+    # Divisive: the snapshot's ranking, keeping only real splits between groups.
+    divisive = _ids(report.divisive)
+    assert divisive, "the demo's camps split on some statements"
+    assert divisive == [int(s) for s in result["divisive"] if int(s) in divisive]
+    for sid in result["divisive"]:
+        shares = group_shares(sid, "agree")
+        spread = max(shares) - min(shares) if len(shares) >= 2 else 0.0
+        assert (int(sid) in divisive) == (spread >= 0.3 - 1e-9), (sid, spread)
     first = report.consensus[0]
     stats = result["statement_stats"][str(first.statement.id)]
     assert first.overall_pct == round(100 * stats["agree"] / stats["seen"])
@@ -454,8 +473,11 @@ def test_imported_polis_conversation_report_matches_the_snapshot(factory):
         for s in result["consensus"]["agree"] + result["consensus"]["disagree"]
         if int(s) not in hidden
     ]
-    assert _ids(report.consensus) == expected
-    assert _ids(report.divisive) == [int(s) for s in result["divisive"] if int(s) not in hidden]
+    assert sorted(_ids(report.consensus) + _ids(report.majority_only)) == sorted(expected)
+    assert all(c.in_every_group for c in report.consensus)
+    ranked = [int(s) for s in result["divisive"] if int(s) not in hidden]
+    divisive = _ids(report.divisive)
+    assert divisive == [i for i in ranked if i in divisive]
     assert report.divisive, "the Seattle conversation has divisive statements"
     assert report.headline.participants == result["participants"]
     assert report.headline.groups == len(result["groups"]) >= 2
