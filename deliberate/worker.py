@@ -89,9 +89,9 @@ class AnalysisWorker:
         from .services.rounds import apply_scheduled_transitions
 
         now = time.monotonic()
-        if not force and self._last_schedule is not None:
-            if now - self._last_schedule < SCHEDULE_SECONDS:
-                return 0
+        recent = self._last_schedule is not None and now - self._last_schedule < SCHEDULE_SECONDS
+        if recent and not force:
+            return 0
         self._last_schedule = now
         with self.app.app_context():
             try:

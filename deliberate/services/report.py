@@ -469,9 +469,7 @@ DIVISIVE_MIN_SPREAD = 0.3
 def splits_groups(figures: StatementFigures) -> bool:
     """Whether the groups shown (3 or more people each) differ by DIVISIVE_MIN_SPREAD or more
     in the share agreeing: the analysis ranks every statement; the report lists real splits."""
-    shares = [
-        s.agree / s.seen for _ref, s in figures.by_group if not s.suppressed and s.seen
-    ]
+    shares = [s.agree / s.seen for _ref, s in figures.by_group if not s.suppressed and s.seen]
     return len(shares) >= 2 and max(shares) - min(shares) >= DIVISIVE_MIN_SPREAD
 
 

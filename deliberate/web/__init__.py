@@ -35,8 +35,7 @@ class IdConverter(IntegerConverter):
 
 
 def init_web(app: Flask) -> None:
-    from . import api, auth, exports, facilitate, member, people, report
-    from . import rounds_over_time
+    from . import api, auth, exports, facilitate, member, people, report, rounds_over_time
 
     # Before any blueprint registers its rules: every <int:...> in a route is bounded.
     app.url_map.converters["int"] = IdConverter

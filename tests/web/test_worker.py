@@ -205,8 +205,11 @@ def test_worker_applies_round_schedules(app, db, factory):
     from deliberate.models import Round, utcnow
     from deliberate.worker import AnalysisWorker
 
-    round_ = factory.round(state="draft", opens_at=utcnow() - timedelta(minutes=1),
-                           statements=["Scheduled statement one"])
+    round_ = factory.round(
+        state="draft",
+        opens_at=utcnow() - timedelta(minutes=1),
+        statements=["Scheduled statement one"],
+    )
     round_id = round_.id
     db.session.rollback()
     assert AnalysisWorker(app).apply_schedule(force=True) == 1
