@@ -15,7 +15,6 @@ Sign convention: agree = +1, disagree = -1, pass = 0, not seen = no vote.
 from .matrix import Moderation, Votes
 from .pipeline import STATE_VERSION, AnalysisResult, Params, run_analysis
 from .priorities import draw_weighted, routing_weights
-from .rounds import compare_rounds
 
 __all__ = [
     "Votes",
@@ -25,6 +24,5 @@ __all__ = [
     "run_analysis",
     "draw_weighted",
     "routing_weights",
-    "compare_rounds",
     "STATE_VERSION",
 ]

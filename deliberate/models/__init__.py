@@ -1,7 +1,7 @@
 """SQLAlchemy models. Import them from here: `from deliberate.models import Round, Vote`."""
 
 from .audit import AuditEvent
-from .base import utcnow
+from .base import MAX_ID, is_valid_id, utcnow
 from .people import ROLE_VALUES, Invitation, Organisation, Role, User
 from .rounds import (
     AuthorDisplay,
@@ -21,6 +21,7 @@ from .votes import AGREE, DISAGREE, PASS, VOTE_VALUES, Vote, VoteEvent
 
 __all__ = [
     "AGREE",
+    "MAX_ID",
     "DISAGREE",
     "PASS",
     "ROLE_VALUES",
@@ -43,6 +44,7 @@ __all__ = [
     "User",
     "Vote",
     "VoteEvent",
+    "is_valid_id",
     "round_organisations",
     "utcnow",
 ]

@@ -7,6 +7,14 @@ from datetime import UTC, datetime
 from sqlalchemy import DateTime
 from sqlalchemy.types import TypeDecorator
 
+# The largest id an integer column holds on every supported database (PostgreSQL: 32 bits).
+MAX_ID = 2**31 - 1
+
+
+def is_valid_id(value: object) -> bool:
+    """Whether the value can be a row id: an int (not a bool) within the database's range."""
+    return type(value) is int and 0 < value <= MAX_ID
+
 
 def utcnow() -> datetime:
     """Return the current time as an aware UTC datetime."""

@@ -20,6 +20,7 @@ from sqlalchemy import func, select
 
 from ..extensions import db
 from ..models import (
+    MAX_ID,
     GroupName,
     Organisation,
     ResultsVisibility,
@@ -790,7 +791,7 @@ def set_group_name(actor: User | None, round_id: int, group_id: int, name: str) 
     round_ = find_round(round_id)
     if round_ is None:
         raise NotFound("No such round.")
-    if type(group_id) is not int or not 0 <= group_id < 2**31:
+    if type(group_id) is not int or not 0 <= group_id <= MAX_ID:
         raise NotFound("No such group.")
     clean = " ".join(str(name or "").split())
     if len(clean) > GROUP_NAME_MAX:

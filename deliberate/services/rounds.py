@@ -35,6 +35,7 @@ from ..models import (
     StatementState,
     User,
     Vote,
+    is_valid_id,
     utcnow,
 )
 from . import audit
@@ -138,13 +139,6 @@ class RoundOverview:
 
 
 # --- reading ---------------------------------------------------------------------------
-
-MAX_ID = 2**31 - 1  # larger numbers overflow the integer columns (PostgreSQL: 32 bits)
-
-
-def is_valid_id(value: object) -> bool:
-    """Whether the value can be a row id: an int (not a bool) within the database's range."""
-    return type(value) is int and 0 < value <= MAX_ID
 
 
 def find_round(round_id: object) -> Round | None:

@@ -16,6 +16,7 @@ from sqlalchemy.sql import Executable
 
 from ..extensions import db
 from ..models import (
+    MAX_ID,
     VOTE_VALUES,
     AuthorDisplay,
     Round,
@@ -37,7 +38,6 @@ BAD_VALUE_MESSAGE = "A vote is agree (1), pass (0) or disagree (-1)."
 ROUND_CLOSED_MESSAGE = "This round is not open for voting."
 # SQLite allows 999 bound parameters in older builds; routing receives at most this many.
 MAX_CANDIDATES = 999
-MAX_ID = 2**31 - 1  # the largest id a database integer column holds (PostgreSQL: 32 bits)
 
 VoteStatus = Literal["new", "changed", "unchanged"]
 

@@ -8,7 +8,7 @@ from werkzeug.routing import IntegerConverter
 
 from ..database import set_write_intent
 from ..extensions import db, login_manager
-from ..models import User
+from ..models import MAX_ID, User
 from .errors import init_error_handlers
 from .rendering import init_template_helpers
 
@@ -30,7 +30,7 @@ class IdConverter(IntegerConverter):
     """Integer URL parts limited to the database's id range: a larger one is a 404, not a 500."""
 
     def __init__(self, map, *args, **kwargs):
-        kwargs.setdefault("max", 2**31 - 1)
+        kwargs.setdefault("max", MAX_ID)
         super().__init__(map, *args, **kwargs)
 
 

@@ -171,30 +171,6 @@ def test_kmeans_bounds_give_identical_results():
             assert np.allclose(a.centers, b.centers, rtol=0, atol=0)
 
 
-def test_compare_rounds():
-    from deliberate.analysis import compare_rounds
-
-    rng = np.random.default_rng(3)
-    n, m = 80, 10
-    grp = rng.integers(0, 2, n)
-    p, s = np.meshgrid(np.arange(n), np.arange(m), indexing="ij")
-    p, s = p.ravel(), s.ravel()
-    pref = np.where(np.arange(m) < 5, 1, 0)[None, :] * np.ones((2, 1), int)
-    pref[1, 5:] = -1
-    pref[0, 5:] = 1
-    v1 = pref[grp[p], s]
-    v2 = v1.copy()
-    v2[(s == 9)] = 1  # round 2: statement 9 now agreed by everyone
-    params = Params(bootstrap_replicates=0)
-    r1 = run_analysis(Votes.from_arrays(p, s, v1), params=params).to_dict()
-    r2 = run_analysis(Votes.from_arrays(p, s + 100, v2), params=params).to_dict()
-    cmp_ = compare_rounds(r1, r2, statement_map={j: j + 100 for j in range(m)})
-    assert "109" in cmp_["towards_consensus"]
-    assert cmp_["statements"]["109"]["bridging"][2] > 0.2
-    assert cmp_["k"] == [r1["k"], r2["k"]]
-    assert set(cmp_["statements"]) == {str(j + 100) for j in range(m)}
-
-
 def test_sparse_pca_route_matches_gram_route():
     from deliberate.analysis.pca import fit_pca
 
