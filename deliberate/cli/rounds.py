@@ -192,3 +192,22 @@ commands: list[click.Command] = [
     close_round_command,
     tick_command,
 ]
+
+
+@click.command("check-integrity")
+@click.option("--round", "round_id", type=int, default=None, help="Only this round.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@with_appcontext
+def check_integrity_command(round_id: int | None, as_json: bool) -> None:
+    """Check votes, vote history and statements; exit 1 when anything is inconsistent."""
+    import json
+
+    from ..services.integrity import check_integrity
+
+    report = check_integrity(round_id)
+    click.echo(json.dumps(report.as_dict(), indent=2) if as_json else report.summary())
+    if not report.ok:
+        raise SystemExit(1)
+
+
+commands.append(check_integrity_command)

@@ -2,7 +2,8 @@
 
 from .audit import AuditEvent
 from .base import MAX_ID, is_valid_id, utcnow
-from .people import ROLE_VALUES, Invitation, Organisation, Role, User
+from .operations import AnalysisLease, RateLimitCounter
+from .people import ROLE_VALUES, ApiToken, Invitation, Organisation, Role, User
 from .rounds import (
     AuthorDisplay,
     GroupName,
@@ -26,12 +27,15 @@ __all__ = [
     "PASS",
     "ROLE_VALUES",
     "VOTE_VALUES",
+    "AnalysisLease",
+    "ApiToken",
     "AuditEvent",
     "AuthorDisplay",
     "GroupName",
     "Invitation",
     "ModerationMode",
     "Organisation",
+    "RateLimitCounter",
     "ResultsVisibility",
     "Role",
     "Round",

@@ -54,6 +54,9 @@ class User(UserMixin, db.Model):
     auth_version: Mapped[int] = mapped_column(Integer, default=1)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_login_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    # Set when the member erased their account: the row stays (their votes keep counting)
+    # but holds nothing that names them.
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     organisation: Mapped[Organisation | None] = relationship(back_populates="members")
 
@@ -107,5 +110,27 @@ class Invitation(db.Model):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+
+    user: Mapped[User] = relationship(foreign_keys=[user_id])
+
+
+class ApiToken(db.Model):
+    """A personal API token for integrations: acts as its user, created and revoked by them.
+
+    Only a SHA-256 hash of the token is stored; the token itself is shown once. `prefix` (the
+    first characters) lets the user tell their tokens apart.
+    """
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(80))
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
 
     user: Mapped[User] = relationship(foreign_keys=[user_id])

@@ -80,6 +80,9 @@ class Round(db.Model):
         CheckConstraint(_in("results_visibility", ResultsVisibility), name="results_valid"),
         CheckConstraint(_in("author_display", AuthorDisplay), name="author_display_valid"),
         CheckConstraint("statement_max_length BETWEEN 20 AND 2000", name="length_valid"),
+        CheckConstraint(
+            "retention_days IS NULL OR retention_days BETWEEN 1 AND 36500", name="retention_valid"
+        ),
     )
 
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -104,6 +107,10 @@ class Round(db.Model):
     created_by_id: Mapped[int | None] = mapped_column(
         ForeignKey("users.id", ondelete="SET NULL"), default=None
     )
+    # Retention: the round's personal data is purged this many days after it closed
+    # (closes_at; None keeps it), and when that happened.
+    retention_days: Mapped[int | None] = mapped_column(Integer, default=None)
+    personal_data_purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime, default=None)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-26 10:19:33.696036
+Create Date: 2026-11-26 12:05:48.770929
 
 """
 from alembic import op
@@ -26,6 +26,15 @@ def upgrade():
     sa.PrimaryKeyConstraint('id', name=op.f('pk_organisations')),
     sa.UniqueConstraint('name', name=op.f('uq_organisations_name'))
     )
+    op.create_table('rate_limit_counters',
+    sa.Column('key', sa.String(length=255), nullable=False),
+    sa.Column('count', sa.Integer(), nullable=False),
+    sa.Column('expires_at', sa.Float(), nullable=False),
+    sa.PrimaryKeyConstraint('key', name=op.f('pk_rate_limit_counters'))
+    )
+    with op.batch_alter_table('rate_limit_counters', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_rate_limit_counters_expires_at'), ['expires_at'], unique=False)
+
     op.create_table('users',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('email', sa.String(length=254), nullable=False),
@@ -37,6 +46,7 @@ def upgrade():
     sa.Column('auth_version', sa.Integer(), nullable=False),
     sa.Column('created_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.Column('last_login_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('erased_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=True),
     sa.CheckConstraint("role IN ('member', 'facilitator', 'leadership', 'admin')", name=op.f('ck_users_role_valid')),
     sa.ForeignKeyConstraint(['organisation_id'], ['organisations.id'], name=op.f('fk_users_organisation_id_organisations'), ondelete='RESTRICT'),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_users')),
@@ -44,6 +54,23 @@ def upgrade():
     )
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_users_organisation_id'), ['organisation_id'], unique=False)
+
+    op.create_table('api_tokens',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('user_id', sa.Integer(), nullable=False),
+    sa.Column('name', sa.String(length=80), nullable=False),
+    sa.Column('token_hash', sa.String(length=64), nullable=False),
+    sa.Column('prefix', sa.String(length=16), nullable=False),
+    sa.Column('created_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.Column('expires_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('last_used_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('revoked_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.ForeignKeyConstraint(['user_id'], ['users.id'], name=op.f('fk_api_tokens_user_id_users'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id', name=op.f('pk_api_tokens')),
+    sa.UniqueConstraint('token_hash', name=op.f('uq_api_tokens_token_hash'))
+    )
+    with op.batch_alter_table('api_tokens', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_api_tokens_user_id'), ['user_id'], unique=False)
 
     op.create_table('rounds',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -60,12 +87,15 @@ def upgrade():
     sa.Column('previous_round_id', sa.Integer(), nullable=True),
     sa.Column('source', sa.String(length=300), nullable=True),
     sa.Column('created_by_id', sa.Integer(), nullable=True),
+    sa.Column('retention_days', sa.Integer(), nullable=True),
+    sa.Column('personal_data_purged_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=True),
     sa.Column('created_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.Column('updated_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=False),
     sa.CheckConstraint("author_display IN ('anonymous', 'organisation')", name=op.f('ck_rounds_author_display_valid')),
     sa.CheckConstraint("moderation IN ('pre', 'post')", name=op.f('ck_rounds_moderation_valid')),
     sa.CheckConstraint("results_visibility IN ('never', 'after_voting', 'after_close')", name=op.f('ck_rounds_results_valid')),
     sa.CheckConstraint("state IN ('draft', 'open', 'closed', 'published')", name=op.f('ck_rounds_state_valid')),
+    sa.CheckConstraint('retention_days IS NULL OR retention_days BETWEEN 1 AND 36500', name=op.f('ck_rounds_retention_valid')),
     sa.CheckConstraint('statement_max_length BETWEEN 20 AND 2000', name=op.f('ck_rounds_length_valid')),
     sa.ForeignKeyConstraint(['created_by_id'], ['users.id'], name=op.f('fk_rounds_created_by_id_users'), ondelete='SET NULL'),
     sa.ForeignKeyConstraint(['previous_round_id'], ['rounds.id'], name=op.f('fk_rounds_previous_round_id_rounds'), ondelete='SET NULL'),
@@ -75,6 +105,15 @@ def upgrade():
     with op.batch_alter_table('rounds', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_rounds_state'), ['state'], unique=False)
 
+    op.create_table('analysis_leases',
+    sa.Column('round_id', sa.Integer(), nullable=False),
+    sa.Column('owner', sa.String(length=120), nullable=True),
+    sa.Column('leased_until', deliberate.models.base.UTCDateTime(timezone=True), nullable=True),
+    sa.Column('attempts', sa.Integer(), nullable=False),
+    sa.Column('updated_at', deliberate.models.base.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['round_id'], ['rounds.id'], name=op.f('fk_analysis_leases_round_id_rounds'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('round_id', name=op.f('pk_analysis_leases'))
+    )
     op.create_table('audit_events',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('actor_id', sa.Integer(), nullable=True),
@@ -264,13 +303,22 @@ def downgrade():
         batch_op.drop_index('ix_audit_events_round_id')
 
     op.drop_table('audit_events')
+    op.drop_table('analysis_leases')
     with op.batch_alter_table('rounds', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_rounds_state'))
 
     op.drop_table('rounds')
+    with op.batch_alter_table('api_tokens', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_api_tokens_user_id'))
+
+    op.drop_table('api_tokens')
     with op.batch_alter_table('users', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_users_organisation_id'))
 
     op.drop_table('users')
+    with op.batch_alter_table('rate_limit_counters', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_rate_limit_counters_expires_at'))
+
+    op.drop_table('rate_limit_counters')
     op.drop_table('organisations')
     # ### end Alembic commands ###
