@@ -6,7 +6,11 @@ PORT ?= 5000
 STAMP := $(VENV)/.installed
 E2E_NODE := tests/e2e/node_modules/axe-core/axe.min.js
 
-.PHONY: run serve test test-fast bench lint format migration clean
+HOST ?= 127.0.0.1
+BIND ?= $(HOST):$(PORT)
+WORKER_PROCESSES ?= 1
+
+.PHONY: run serve worker test test-fast bench lint format migration clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +29,29 @@ run: $(STAMP)
 	DELIBERATE_ENV=development $(VENV)/bin/deliberate demo --if-empty
 	DELIBERATE_ENV=development OPENBLAS_NUM_THREADS=1 OMP_NUM_THREADS=1 $(VENV)/bin/gunicorn --bind 127.0.0.1:$(PORT) \
 	  --workers 1 --threads 8 --access-logfile - 'wsgi:app'
+
+# The production secret key (serve, worker): DELIBERATE_SECRET_KEY from the environment, else
+# instance/secret_key, created once with mode 0600. Every process must use the same key.
+SECRET_KEY_SETUP = if [ -z "$$DELIBERATE_SECRET_KEY" ]; then \
+	  if [ ! -s instance/secret_key ]; then \
+	    mkdir -p instance && (umask 077 && $(PY) -c 'import secrets; print(secrets.token_hex(32))' \
+	      > instance/secret_key) && echo "make: created instance/secret_key (mode 0600)" >&2; \
+	  fi; \
+	  DELIBERATE_SECRET_KEY=$$(cat instance/secret_key); export DELIBERATE_SECRET_KEY; \
+	fi; export DELIBERATE_ENV=production
+
+## serve: production: migrate the database once, then gunicorn on $(BIND), 2 processes x 8
+##   threads (deliberate/serving.py; docs/operations.md). DELIBERATE_ANALYSIS_WORKER=off to
+##   leave the analysis to `make worker`
+serve: $(STAMP)
+	@$(SECRET_KEY_SETUP); \
+	$(VENV)/bin/deliberate db upgrade && \
+	exec $(VENV)/bin/gunicorn -c python:deliberate.serving --bind $(BIND) wsgi:app
+
+## worker: the analysis worker as its own process(es), WORKER_PROCESSES of them (default 1)
+worker: $(STAMP)
+	@$(SECRET_KEY_SETUP); \
+	exec $(VENV)/bin/deliberate worker --processes $(WORKER_PROCESSES)
 
 ## test: create the environment and run the whole suite on SQLite; then, when
 ##   DELIBERATE_TEST_POSTGRES_URL is set (postgresql+psycopg://user:pw@host:port/db, role with

@@ -161,7 +161,7 @@ def _group_members(res: dict):
     return pids, labels
 
 
-def _run_ours(np, d, out: dict, profile: bool) -> None:
+def _run_ours(np, d, out: dict, profile: bool, core: bool = False) -> None:
     from deliberate.analysis import Params, Votes, run_analysis
 
     p, s, v = d["participant"], d["statement"], d["value"]
@@ -172,6 +172,10 @@ def _run_ours(np, d, out: dict, profile: bool) -> None:
     for item in json.loads(os.environ.get("DELIBERATE_BENCH_PARAMS", "[]")):
         key, _, raw = item.partition("=")
         overrides[key] = type(getattr(defaults, key))(raw)
+    if core:
+        # The core analysis: everything but the stability bootstrap (which red-dwarf does not
+        # compute either); the app's snapshots include it.
+        overrides["bootstrap_replicates"] = 0
     params = Params(**overrides)
     out["params"] = overrides
 
@@ -267,6 +271,8 @@ def worker_main(engine: str, datafile: str, outfile: str, cpu: int | None, profi
             d = {k: z[k] for k in z.files}
         if engine == "ours":
             _run_ours(np, d, out, profile)
+        elif engine == "ours-core":
+            _run_ours(np, d, out, profile, core=True)
         elif engine == "reddwarf":
             _run_reddwarf(np, d, out, profile)
         else:
@@ -628,12 +634,31 @@ def _check(name: str, wall_ok: bool, cpu_ok: bool | None) -> str:
     return f"{name} NO" + (" (cpu yes)" if cpu_ok else "")
 
 
-def _targets(case: Case, ours: dict, rd: dict, ratio: float | None, cpu_ratio: float | None) -> str:
+def _targets(
+    case: Case,
+    ours: dict,
+    rd: dict,
+    ratio: float | None,
+    cpu_ratio: float | None,
+    core: dict | None = None,
+    core_ratio: float | None = None,
+    core_cpu_ratio: float | None = None,
+) -> str:
     checks = []
+    if core_ratio is not None:
+        checks.append(
+            _check(
+                ">=10x core",
+                core_ratio >= TARGET_RATIO,
+                core_cpu_ratio is not None and core_cpu_ratio >= TARGET_RATIO,
+            )
+        )
     if ratio is not None:
         checks.append(
             _check(
-                ">=10x", ratio >= TARGET_RATIO, cpu_ratio is not None and cpu_ratio >= TARGET_RATIO
+                ">=10x" + (" full" if core_ratio is not None else ""),
+                ratio >= TARGET_RATIO,
+                cpu_ratio is not None and cpu_ratio >= TARGET_RATIO,
             )
         )
     elif ours.get("ok") and not rd.get("skipped"):
@@ -677,15 +702,20 @@ HEADER = (
     "cpu ratio",
     "k/ARI ours",
     "k/ARI rd",
+    "core s",
+    "core ratio",
     "targets",
 )
 
 
 def format_row(case: Case) -> tuple[str, ...]:
     ours = case.results.get("ours_summary", {"ok": False, "skipped": True})
+    core = case.results.get("ours-core_summary", {"ok": False, "skipped": True})
     rd = case.results.get("reddwarf_summary", {"ok": False, "skipped": True})
     ratio_txt, ratio = _ratio(ours, rd, "seconds")
     cpu_ratio_txt, cpu_ratio = _ratio(ours, rd, "cpu_seconds")
+    core_ratio_txt, core_ratio = _ratio(core, rd, "seconds")
+    _, core_cpu_ratio = _ratio(core, rd, "cpu_seconds")
     return (
         _label(case),
         f"{case.votes:,}",
@@ -699,7 +729,9 @@ def format_row(case: Case) -> tuple[str, ...]:
         cpu_ratio_txt,
         _cell_k_ari(ours),
         _cell_k_ari(rd),
-        _targets(case, ours, rd, ratio, cpu_ratio),
+        _cell_time(core) if not core.get("skipped") else "-",
+        core_ratio_txt,
+        _targets(case, ours, rd, ratio, cpu_ratio, core, core_ratio, core_cpu_ratio),
     )
 
 
@@ -886,6 +918,12 @@ def main(argv: list[str] | None = None) -> int:
         "measured one (then lazy imports count in the time)",
     )
     ap.add_argument(
+        "--no-core",
+        action="store_true",
+        help="do not also measure deliberate's core analysis (Params(bootstrap_replicates=0): "
+        "no stability bootstrap, the work red-dwarf does) next to the full one",
+    )
+    ap.add_argument(
         "--smoke",
         action="store_true",
         help=f"quick check that the benchmark runs: {SMOKE_SIZE} only, no red-dwarf",
@@ -900,6 +938,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.smoke:
         args.sizes = [SMOKE_SIZE]
         args.skip_reddwarf = True
+        args.no_core = True
         args.repeat = 1
     sizes = args.sizes or DEFAULT_SIZES
     cpu = args.cpu
@@ -907,6 +946,8 @@ def main(argv: list[str] | None = None) -> int:
         cpu = max(os.sched_getaffinity(0))
     cases = parse_sizes(sizes, args.data, args.groups)
     engines = [] if args.skip_ours else ["ours"]
+    if not args.skip_ours and not args.no_core:
+        engines.append("ours-core")
     if not args.skip_reddwarf:
         import importlib.util
 
@@ -942,7 +983,7 @@ def main(argv: list[str] | None = None) -> int:
         for case in cases:
             datafile = prepare(case, tmp, args.seed)
             for engine in engines:
-                timeout = args.timeout if engine == "ours" else args.reddwarf_timeout
+                timeout = args.reddwarf_timeout if engine == "reddwarf" else args.timeout
                 runs = []
                 for _ in range(max(1, args.repeat)):
                     r = run_worker(
@@ -952,7 +993,7 @@ def main(argv: list[str] | None = None) -> int:
                         cpu,
                         timeout,
                         args.mem_limit_gb or None,
-                        args.profile and engine == "ours",
+                        args.profile and engine != "reddwarf",
                         args.param,
                         not args.no_warmup,
                         args.nice,
@@ -971,7 +1012,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {_label(case)} [{case.votes:,} votes] {engine}: {msg}", flush=True)
                 if not s.get("ok") and not s.get("timeout"):
                     print(f"    {s.get('error')}", flush=True)
-                    if engine == "ours":
+                    if engine != "reddwarf":
                         ours_crashed = True
                 if runs and runs[0].get("profile"):
                     print(runs[0]["profile"])
@@ -981,8 +1022,11 @@ def main(argv: list[str] | None = None) -> int:
     print_table(cases)
     print()
     print(
-        "ours = deliberate Votes.from_arrays + run_analysis; red-dwarf = "
-        "reddwarf.implementations.polis.run_pipeline. s = wall seconds, cpu s = CPU seconds "
+        "ours = deliberate Votes.from_arrays + run_analysis (default Params: the full "
+        "analysis, including the 40-replicate stability bootstrap); core = the same without "
+        "the stability bootstrap (Params(bootstrap_replicates=0)), the work red-dwarf does; "
+        "red-dwarf = reddwarf.implementations.polis.run_pipeline. s = wall seconds, cpu s = "
+        "CPU seconds "
         f"of the call (best of {max(1, args.repeat)} fresh process(es) each); * = the pinned "
         "CPU was shared (cpu < 85% of wall), trust cpu s. MB = peak resident set of the whole "
         "process during the call (10^6 bytes; input arrays and libraries included). ratio = "

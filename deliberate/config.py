@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from pathlib import Path
+
+from .ratelimit import limits_from_environment
 
 ENVIRONMENTS = ("development", "production", "testing")
 
@@ -18,6 +21,19 @@ def _env_bool(name: str, default: bool) -> bool:
     if raw is None or raw == "":
         return default
     return raw.strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _env_json_object(name: str) -> dict | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, dict):
+        raise ConfigError(f'{name} must be a JSON object, such as {{"bootstrap_replicates": 0}}')
+    return value
 
 
 def _dev_secret_key(instance_path: Path) -> str:
@@ -61,15 +77,32 @@ def build_config(instance_path: Path, overrides: dict | None = None) -> dict:
         "WTF_CSRF_ENABLED": True,
         "WTF_CSRF_TIME_LIMIT": None,  # the token lives as long as the session
         "RATELIMIT_ENABLED": _env_bool("DELIBERATE_RATELIMIT_ENABLED", True),
-        "RATELIMIT_STORAGE_URI": os.environ.get("DELIBERATE_RATELIMIT_STORAGE_URI", "memory://"),
+        # Rate-limit counters: by default in the app's database, shared by every process
+        # ("database://"); or "redis://host:6379/0", or "memory://" (per process). The limit
+        # values (RATELIMIT_LOGIN, RATELIMIT_VOTE_PER_ADDRESS, ...) come from
+        # DELIBERATE_RATELIMIT_* variables; see deliberate/ratelimit.py and docs/security.md.
+        "RATELIMIT_STORAGE_URI": os.environ.get("DELIBERATE_RATELIMIT_STORAGE_URI")
+        or "database://",
         "RATELIMIT_HEADERS_ENABLED": True,
+        **limits_from_environment(os.environ),
+        # Behind N reverse proxies that set X-Forwarded-For/-Proto, trust the last N hops for
+        # the client's address (per-address limits) and the scheme (HSTS, secure cookies).
+        "PROXY_FIX": int(os.environ.get("DELIBERATE_PROXY_FIX") or 0),
         "INVITATION_TTL_HOURS": int(os.environ.get("DELIBERATE_INVITATION_TTL_HOURS", 24 * 14)),
         "RESET_TTL_HOURS": int(os.environ.get("DELIBERATE_RESET_TTL_HOURS", 24)),
         "BASE_URL": os.environ.get("DELIBERATE_BASE_URL", "http://127.0.0.1:5000"),
+        # Erasures listed outside the database, re-applied after a restore (None: the instance
+        # folder's erasures.jsonl); see docs/data-protection.md.
+        "ERASURE_LEDGER": os.environ.get("DELIBERATE_ERASURE_LEDGER") or None,
         # The analysis worker: "thread" runs inside the app process; "off" leaves it to
         # `deliberate worker` processes (or to nobody, in tests that drive it by hand).
         "ANALYSIS_WORKER": os.environ.get("DELIBERATE_ANALYSIS_WORKER", "thread"),
         "ANALYSIS_DEBOUNCE_SECONDS": float(os.environ.get("DELIBERATE_ANALYSIS_DEBOUNCE", 3.0)),
+        # How long a worker's claim on a round holds unless renewed: a killed worker's round
+        # is taken over after at most this (docs/operations.md).
+        "ANALYSIS_LEASE_SECONDS": float(os.environ.get("DELIBERATE_ANALYSIS_LEASE", 30.0)),
+        # Overrides of the analysis parameters, a JSON object (e.g. {"bootstrap_replicates": 0}).
+        "ANALYSIS_PARAMS": _env_json_object("DELIBERATE_ANALYSIS_PARAMS"),
     }
     secret = os.environ.get("DELIBERATE_SECRET_KEY")
     if secret:

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import fcntl
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from contextvars import ContextVar
 
 from sqlalchemy import event
@@ -31,6 +36,8 @@ def configure_sqlite(engine: Engine) -> None:
       upgrade fails at once with SQLITE_BUSY, whatever the busy timeout). Read-only contexts
       (GET requests) use a plain deferred BEGIN: in WAL mode they read a consistent snapshot
       and never hold the write lock. pysqlite's own BEGIN handling is switched off for this.
+    - Writers queue on a WriterGate (a lock per process, an flock between processes) before
+      BEGIN IMMEDIATE, instead of polling in SQLite's busy handler; see WriterGate.
     """
     if engine.dialect.name != "sqlite":
         return
@@ -45,6 +52,198 @@ def configure_sqlite(engine: Engine) -> None:
         cursor.execute("PRAGMA busy_timeout=15000")
         cursor.close()
 
+    gate = WriterGate.for_database(engine.url.database) if writer_gate_enabled() else None
+
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE" if _write_intent.get() else "BEGIN")
+        immediate = _write_intent.get()
+        conn.info[BEGAN_IMMEDIATE] = immediate  # see holds_write_lock()
+        if immediate and gate is not None and gate.acquire():
+            conn.info[_GATE_HELD] = gate
+            try:
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            except BaseException:
+                conn.info.pop(_GATE_HELD).release()
+                raise
+            return
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+    if gate is None:
+        return
+
+    # The gate is released once SQLite's lock is: so the commit (or rollback) is done here,
+    # right away, and SQLAlchemy's own call after this event finds no transaction (a no-op).
+    @event.listens_for(engine, "commit")
+    def _on_commit(conn):
+        held = conn.info.pop(_GATE_HELD, None)
+        if held is not None:
+            try:
+                conn.connection.driver_connection.commit()
+            finally:
+                held.release()
+
+    @event.listens_for(engine, "rollback")
+    def _on_rollback(conn):
+        held = conn.info.pop(_GATE_HELD, None)
+        if held is not None:
+            try:
+                conn.connection.driver_connection.rollback()
+            finally:
+                held.release()
+
+    # A connection returned to the pool, closed or invalidated in a transaction: SQLAlchemy
+    # rolls it back (or drops it) itself; let the gate go.
+    def _release_if_held(record) -> None:
+        held = record.info.pop(_GATE_HELD, None) if record is not None else None
+        if held is not None:
+            held.release()
+
+    @event.listens_for(engine.pool, "reset")
+    def _on_reset(_dbapi_connection, record, _reset_state):
+        _release_if_held(record)
+
+    @event.listens_for(engine.pool, "checkin")
+    def _on_checkin(_dbapi_connection, record):
+        _release_if_held(record)
+
+    @event.listens_for(engine.pool, "invalidate")
+    def _on_invalidate(_dbapi_connection, record, _exception):
+        _release_if_held(record)
+
+    @event.listens_for(engine.pool, "close")
+    def _on_close(_dbapi_connection, record):
+        _release_if_held(record)
+
+
+_GATE_HELD = "deliberate_writer_gate"
+
+
+def writer_gate_enabled() -> bool:
+    """Whether SQLite writers queue on a WriterGate (DELIBERATE_SQLITE_WRITER_GATE=0: not)."""
+    return os.environ.get("DELIBERATE_SQLITE_WRITER_GATE", "1").strip().lower() not in (
+        "0",
+        "false",
+        "no",
+        "off",
+    )
+
+
+@contextmanager
+def sqlite_write_gate(engine: Engine) -> Iterator[None]:
+    """Hold the SQLite database's writer gate around a write made outside a transaction.
+
+    For an autocommitted write statement on a raw connection (which does not pass the
+    "begin" event): it then queues with the other writers instead of polling in SQLite's busy
+    handler. A no-op on other databases and when the gate is off.
+    """
+    gate = None
+    if engine.dialect.name == "sqlite" and writer_gate_enabled():
+        gate = WriterGate.for_database(engine.url.database)
+    if gate is None or not gate.acquire():
+        yield
+        return
+    try:
+        yield
+    finally:
+        gate.release()
+
+
+class WriterGate:
+    """Queues an SQLite database's writers: a lock per process, an flock between processes.
+
+    SQLite lets one transaction write at a time; the others wait in its busy handler, which
+    polls with sleeps of 1 to 100 ms. Under many concurrent writers most of that is lost: the
+    lock is often free while every waiter sleeps, and waits pile up into long tails. Writers
+    queue on this gate instead before BEGIN IMMEDIATE: threads of a process on a lock, the
+    processes on an exclusive flock of the file "<database>-writer.lock" next to the database
+    (released by the kernel if a process dies). A waiter wakes as soon as the previous writer
+    commits, and the busy handler stays only as the fallback for writers that do not use the
+    gate (other programs, the sqlite3 shell). Re-entrant per thread: a thread with two
+    connections waits for itself in SQLite's busy timeout as it would without the gate.
+
+    Failure mode as without the gate: a thread that cannot take the process's lock within
+    WAIT_SECONDS (the busy timeout) goes on without the gate, and SQLite's busy handler then
+    reports "database is locked" if the writer holding it never finishes.
+    """
+
+    WAIT_SECONDS = 15.0  # as PRAGMA busy_timeout
+
+    _gates: dict[str, WriterGate] = {}
+    _gates_lock = threading.Lock()
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+        self._fd: int | None = None
+        self._fd_pid: int | None = None
+
+    @classmethod
+    def for_database(cls, database: str | None) -> WriterGate | None:
+        """The gate of an SQLite database file (one per file and process); None in memory."""
+        if not database or database == ":memory:" or database.startswith("file:"):
+            return None
+        path = os.path.abspath(database) + "-writer.lock"
+        with cls._gates_lock:
+            gate = cls._gates.get(path)
+            if gate is None:
+                gate = cls._gates[path] = cls(path)
+            return gate
+
+    def _file(self) -> int:
+        # Opened per process: a descriptor inherited through fork shares its lock.
+        if self._fd is None or self._fd_pid != os.getpid():
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            self._fd_pid = os.getpid()
+        return self._fd
+
+    def acquire(self) -> bool:
+        """Take the gate (waiting for it); False if that took longer than WAIT_SECONDS."""
+        me = threading.get_ident()
+        if self._owner == me:
+            self._depth += 1
+            return True
+        if not self._lock.acquire(timeout=self.WAIT_SECONDS):
+            return False
+        try:
+            fcntl.flock(self._file(), fcntl.LOCK_EX)
+        except BaseException:
+            self._lock.release()
+            raise
+        self._owner = me
+        self._depth = 1
+        return True
+
+    def release(self) -> None:
+        self._depth -= 1
+        if self._depth > 0:
+            return
+        self._owner = None
+        try:
+            fcntl.flock(self._file(), fcntl.LOCK_UN)
+        finally:
+            self._lock.release()
+
+
+BEGAN_IMMEDIATE = "deliberate_began_immediate"
+
+
+def holds_write_lock(connection) -> bool:
+    """Whether this SQLite connection's current transaction began with BEGIN IMMEDIATE."""
+    return bool(connection.in_transaction() and connection.info.get(BEGAN_IMMEDIATE))
+
+
+def write_intent_now() -> bool:
+    """Whether transactions started now, in this context, may write."""
+    return _write_intent.get()
+
+
+@contextmanager
+def write_intent(may_write: bool) -> Iterator[None]:
+    """Declare the write intent of the transactions begun inside the block, then restore it."""
+    token = _write_intent.set(may_write)
+    try:
+        yield
+    finally:
+        _write_intent.reset(token)

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from flask_limiter import Limiter
-from flask_limiter.util import get_remote_address
 from flask_login import LoginManager
 from flask_migrate import Migrate
 from flask_sqlalchemy import SQLAlchemy
 from flask_wtf.csrf import CSRFProtect
 from sqlalchemy import MetaData
 from sqlalchemy.orm import DeclarativeBase
+
+from .ratelimit import address_key  # also registers the database:// rate-limit storage
 
 # Named constraints so that migrations are stable across SQLite and PostgreSQL.
 NAMING_CONVENTION = {
@@ -29,4 +30,12 @@ db = SQLAlchemy(model_class=Base)
 migrate = Migrate()
 login_manager = LoginManager()
 csrf = CSRFProtect()
-limiter = Limiter(key_func=get_remote_address, default_limits=[])
+# Limits are set per view (deliberate/ratelimit.py); counters live where RATELIMIT_STORAGE_URI
+# says, by default the app's database. If that storage fails, the limits keep applying with
+# per-process in-memory counters until it recovers (and nothing fails because of the limiter).
+limiter = Limiter(
+    key_func=address_key,
+    default_limits=[],
+    in_memory_fallback_enabled=True,
+    swallow_errors=True,
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from flask import Flask, Response, request
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.middleware.proxy_fix import ProxyFix
 
 from .services.errors import ValidationError
 
@@ -26,13 +27,22 @@ CONTENT_SECURITY_POLICY = "; ".join(
 NUL_MESSAGE = "The request contains a NUL character, which no field accepts."
 
 
+DEEP_JSON_MESSAGE = "The JSON body is nested too deeply."
+
+
 def _has_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\x00" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(_has_nul(v) for v in value)
+    """Whether any string in the (JSON-like) value contains NUL; iterative, any depth."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if "\x00" in item:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
     return False
 
 
@@ -53,13 +63,30 @@ def init_request_guards(app: Flask) -> None:
         if request.method in ("POST", "PUT", "PATCH", "DELETE"):
             values += [v for _, v in request.form.items(multi=True)]
             if request.is_json:
-                values.append(request.get_json(silent=True))
+                try:
+                    values.append(request.get_json(silent=True))
+                except RecursionError:
+                    raise ValidationError(DEEP_JSON_MESSAGE) from None
         if _has_nul(values):
             raise ValidationError(NUL_MESSAGE)
 
 
+def trust_proxies(app: Flask) -> None:
+    """Behind PROXY_FIX reverse proxies, take the client's address and scheme from them.
+
+    Only the last PROXY_FIX hops of X-Forwarded-For / X-Forwarded-Proto are believed (werkzeug
+    ProxyFix); with the default 0 the peer address is the client (per-address rate limits) and
+    a forged X-Forwarded-For header changes nothing.
+    """
+    proxies = int(app.config.get("PROXY_FIX") or 0)
+    if proxies > 0:
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)
+
+
 def init_security_headers(app: Flask) -> None:
+    """Strict security headers on every response: pages, errors, JSON, files, static assets."""
     init_request_guards(app)
+    trust_proxies(app)
 
     @app.after_request
     def _set_headers(response: Response) -> Response:
@@ -69,12 +96,13 @@ def init_security_headers(app: Flask) -> None:
         headers.setdefault("X-Frame-Options", "DENY")
         headers.setdefault("Referrer-Policy", "same-origin")
         headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
+        headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
         headers.setdefault(
             "Permissions-Policy", "camera=(), microphone=(), geolocation=(), interest-cohort=()"
         )
         if request.is_secure:
             headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
-        # Pages can carry personal data and CSRF tokens: never let shared caches keep them.
-        if response.mimetype == "text/html":
+        # Pages and JSON can carry personal data and CSRF tokens: never let caches keep them.
+        if response.mimetype in ("text/html", "application/json"):
             headers.setdefault("Cache-Control", "no-store")
         return response

@@ -6,12 +6,22 @@ once every ANALYSIS_DEBOUNCE_SECONDS per round. Every exception is caught and lo
 whose analysis fails is retried with a growing back-off (up to a minute), and its previous
 snapshot stays.
 
+Several workers, one database: before computing a round a worker claims it
+(`services.snapshots.claim_analysis`, one row per round in `analysis_leases`) for
+ANALYSIS_LEASE_SECONDS; a heartbeat thread renews the claim every third of that while the
+analysis runs, and the claim is released after the snapshot is stored, with a hold of
+ANALYSIS_DEBOUNCE_SECONDS (or the failure back-off) so that the debounce holds across workers
+too. Two workers therefore never compute the same round at once, and a killed worker's claim
+lapses after at most ANALYSIS_LEASE_SECONDS, when another worker takes the round over.
+
 Where the loop runs (config ANALYSIS_WORKER):
 - "thread" (default): one daemon thread per app and process, started by the first request the
-  process serves, so `make run` stays one process. Starting on the first request (not in
+  process serves, so `make run` stays one process; under `make serve` each gunicorn process
+  has one, and they share the rounds through the claims. Starting on the first request (not in
   create_app) keeps CLI commands (`deliberate db upgrade`, ...) and the reloader's watcher
   process free of workers, and works with servers that fork after loading the app.
-- "off": nothing here; run `deliberate worker` as its own process (or nothing, in tests).
+- "off": nothing here; run `deliberate worker` (optionally `--processes N`) as its own
+  process(es) (or nothing, in tests).
 
 Numeric libraries: the analysis should use one core per worker. `deliberate worker` sets
 OPENBLAS/OMP/MKL_NUM_THREADS=1 before numpy is first imported. In "thread" mode numpy is
@@ -25,8 +35,12 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import socket
 import threading
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from flask import Flask
 
@@ -35,6 +49,7 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 1.0
 SCHEDULE_SECONDS = 30.0  # how often rounds are opened and closed by their scheduled times
 MAX_BACKOFF_SECONDS = 60.0
+DEFAULT_LEASE_SECONDS = 30.0
 NUMERIC_THREAD_VARIABLES = (
     "OPENBLAS_NUM_THREADS",
     "OMP_NUM_THREADS",
@@ -70,22 +85,39 @@ def pin_numeric_threads() -> bool:
 class AnalysisWorker:
     """The worker loop over one app; `run` in the foreground or `start` a daemon thread."""
 
-    def __init__(self, app: Flask, *, debounce: float | None = None, poll: float | None = None):
+    def __init__(
+        self,
+        app: Flask,
+        *,
+        debounce: float | None = None,
+        poll: float | None = None,
+        lease_seconds: float | None = None,
+    ):
         self.app = app
         self.debounce = float(
             app.config.get("ANALYSIS_DEBOUNCE_SECONDS", 3.0) if debounce is None else debounce
         )
         self.poll = float(min(POLL_SECONDS, max(self.debounce, 0.05)) if poll is None else poll)
+        if lease_seconds is None:
+            lease_seconds = app.config.get("ANALYSIS_LEASE_SECONDS", DEFAULT_LEASE_SECONDS)
+        self.lease_seconds = max(float(lease_seconds), 0.5)
         self.stop_event = threading.Event()
         self.thread: threading.Thread | None = None
         self.pid = os.getpid()
+        # Who holds a claim: unique per worker object, readable by an operator.
+        self.owner = f"{socket.gethostname()[:60]}:{self.pid}:{uuid.uuid4().hex[:12]}"
         self._last_run: dict[int, float] = {}
         self._failures: dict[int, int] = {}
         self._last_schedule: float | None = None
 
     def apply_schedule(self, *, force: bool = False) -> int:
-        """Open and close rounds whose scheduled times passed (every SCHEDULE_SECONDS)."""
+        """Open and close rounds whose scheduled times passed, and purge rounds whose retention
+        period passed (every SCHEDULE_SECONDS); return how many rounds changed state.
+
+        Both are idempotent and safe with several workers (conditional updates, row locks).
+        """
         from .extensions import db
+        from .services.personal_data import apply_retention
         from .services.rounds import apply_scheduled_transitions
 
         now = time.monotonic()
@@ -93,35 +125,52 @@ class AnalysisWorker:
         if recent and not force:
             return 0
         self._last_schedule = now
+        changed = 0
         with self.app.app_context():
             try:
-                return len(apply_scheduled_transitions())
+                changed = len(apply_scheduled_transitions())
             except Exception:
                 log.exception("analysis worker: applying round schedules failed")
-                return 0
             finally:
                 db.session.remove()
+            try:
+                apply_retention()
+            except Exception:
+                log.exception("analysis worker: applying round retention failed")
+            finally:
+                db.session.remove()
+        return changed
 
     # -- one pass
     def _due(self, round_id: int, now: float) -> bool:
         last = self._last_run.get(round_id)
         if last is None:
             return True
-        wait = self.debounce
+        return now - last >= self._backoff(round_id)
+
+    def _backoff(self, round_id: int) -> float:
         failures = self._failures.get(round_id, 0)
-        if failures:
-            wait = min(MAX_BACKOFF_SECONDS, max(self.debounce, 1.0) * 2 ** min(failures, 10))
-        return now - last >= wait
+        if not failures:
+            return self.debounce
+        return min(MAX_BACKOFF_SECONDS, max(self.debounce, 1.0) * 2 ** min(failures, 10))
 
     def run_once(self, *, ignore_debounce: bool = False) -> int:
-        """Refresh every round that needs it and whose debounce expired; return how many."""
+        """Refresh every round that needs it and whose debounce expired; return how many.
+
+        Each round is claimed first; a round another worker holds is left to it.
+        """
         from .extensions import db
-        from .services.snapshots import AnalysisFailed, refresh_snapshot, rounds_needing_analysis
+        from .services.snapshots import (
+            AnalysisFailed,
+            claim_analysis,
+            refresh_snapshot,
+            rounds_needing_analysis,
+        )
 
         done = 0
         with self.app.app_context():
             try:
-                pending = rounds_needing_analysis()
+                pending = rounds_needing_analysis(skip_claimed=not ignore_debounce)
             except Exception:
                 log.exception("analysis worker: could not list the rounds to analyse")
                 db.session.remove()
@@ -132,10 +181,26 @@ class AnalysisWorker:
                 now = time.monotonic()
                 if not ignore_debounce and not self._due(round_id, now):
                     continue
-                self._last_run[round_id] = now
                 try:
-                    if refresh_snapshot(round_id) is not None:
-                        done += 1
+                    claimed = claim_analysis(
+                        round_id,
+                        self.owner,
+                        self.lease_seconds,
+                        respect_hold=not ignore_debounce,
+                    )
+                except Exception:
+                    log.exception("analysis worker: claiming round %s failed", round_id)
+                    db.session.remove()
+                    continue
+                if not claimed:
+                    continue  # another worker has it (or just did it)
+                self._last_run[round_id] = now
+                succeeded = False
+                try:
+                    with self._renewing(round_id):
+                        if refresh_snapshot(round_id) is not None:
+                            done += 1
+                    succeeded = True
                     self._failures.pop(round_id, None)
                 except AnalysisFailed:
                     self._failures[round_id] = self._failures.get(round_id, 0) + 1
@@ -144,7 +209,57 @@ class AnalysisWorker:
                     log.exception("analysis worker: refreshing round %s failed", round_id)
                 finally:
                     db.session.remove()
+                    self._release(round_id, succeeded)
         return done
+
+    def _release(self, round_id: int, succeeded: bool) -> None:
+        """Give the claim back, holding the round for the debounce (or the back-off)."""
+        from .extensions import db
+        from .services.snapshots import release_analysis
+
+        try:
+            if not release_analysis(
+                round_id, self.owner, hold_seconds=self._backoff(round_id), succeeded=succeeded
+            ):
+                log.warning(
+                    "analysis worker: the claim on round %s lapsed before it was released "
+                    "(the analysis took longer than the lease, or the worker stalled)",
+                    round_id,
+                )
+        except Exception:
+            # The claim then lapses by itself after the lease.
+            log.exception("analysis worker: releasing round %s failed", round_id)
+        finally:
+            db.session.remove()
+
+    @contextmanager
+    def _renewing(self, round_id: int) -> Iterator[None]:
+        """Renew the claim on the round every third of the lease until the block ends."""
+        from .extensions import db
+        from .services.snapshots import renew_analysis
+
+        done = threading.Event()
+
+        def heartbeat() -> None:
+            while not done.wait(self.lease_seconds / 3):
+                try:
+                    with self.app.app_context():
+                        try:
+                            if not renew_analysis(round_id, self.owner, self.lease_seconds):
+                                log.warning("analysis worker: lost the claim on round %s", round_id)
+                                return
+                        finally:
+                            db.session.remove()
+                except Exception:
+                    log.exception("analysis worker: renewing the claim on %s failed", round_id)
+
+        beat = threading.Thread(target=heartbeat, name="deliberate-analysis-lease", daemon=True)
+        beat.start()
+        try:
+            yield
+        finally:
+            done.set()
+            beat.join(5.0)
 
     def drain(self) -> int:
         """Process everything pending now, ignoring the debounce; return how many were stored."""

@@ -160,7 +160,10 @@ def postgres_databases() -> PostgresDatabases | None:
     if not ON_POSTGRES:
         yield None
         return
-    worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
+    # Unique per run as well as per worker, so that two runs against one server never drop
+    # each other's databases (xdist gives every worker of a run the same run id).
+    run = (os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"{os.getpid():x}")[:8]
+    worker = f"{os.environ.get('PYTEST_XDIST_WORKER', 'main')}_{run}"
     databases = PostgresDatabases(TEST_DATABASE_URL, worker)
     yield databases
     databases.close()

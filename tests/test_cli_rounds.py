@@ -112,4 +112,4 @@ def test_tick_applies_schedules(runner, db, factory):
 
 def test_commands_list_is_exported():
     names = {c.name for c in rounds_cli.commands}
-    assert names == {"create-round", "open-round", "close-round", "tick"}
+    assert names == {"create-round", "open-round", "close-round", "tick", "check-integrity"}

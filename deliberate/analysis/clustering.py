@@ -21,6 +21,7 @@ __all__ = [
     "smooth_k",
     "max_group_k",
     "match_ids",
+    "cold_group_clusterings",
 ]
 
 
@@ -201,16 +202,92 @@ def _first_distinct(points: np.ndarray, k: int) -> np.ndarray:
     return _distinct_first(points)[:k]
 
 
+# From this many centres and points, the plain Lloyd step only computes each point's distances
+# to its previous centre's nearest centres, when that is provably exact (_assign_candidates).
+_NEAR_MIN_CENTERS = 32
+_NEAR_MIN_POINTS = 768
+_CANDIDATES = 6
+
+
+def _assign_candidates(
+    px: np.ndarray,
+    py: np.ndarray,
+    centers: np.ndarray,
+    prev: np.ndarray,
+    full,
+    cache: dict,
+) -> np.ndarray:
+    """The nearest centre of every point (the later one on an exact tie), as the plain step,
+    but searched among the point's previous centre ``a`` and a fixed set of candidate centres
+    of ``a`` (its ``_CANDIDATES`` nearest when the set is made) whenever that is exact: with
+    ``up`` = d(x, c_a) and ``reach`` = the distance from c_a to the nearest centre that is NOT
+    a candidate, every such centre j has d(x, c_j) >= d(c_a, c_j) - up >= reach - up > up when
+    up < reach / 2 (with a margin for rounding), so it is strictly farther than c_a and can be
+    neither the nearest nor tied. The distances are computed with the same operations as the
+    plain step, so the labels are identical; the other points get the plain step
+    (``full(rows)``). ``cache`` keeps the candidate sets between iterations (remade when the
+    number of centres changes)."""
+    m = centers.shape[0]
+    cx, cy = centers[:, 0], centers[:, 1]
+    cc = cx[:, None] - cx[None, :]
+    cc *= cc
+    dy = cy[:, None] - cy[None, :]
+    dy *= dy
+    cc += dy
+    np.sqrt(cc, out=cc)
+    if cache.get("m") != m:
+        ln = min(_CANDIDATES, m - 1)
+        np.fill_diagonal(cc, np.inf)
+        nn = np.argpartition(cc, ln - 1, axis=1)[:, :ln]  # (m, ln), any order
+        cand_t = np.concatenate([np.arange(m)[None, :], nn.T], axis=0)  # (ln + 1, m)
+        taken = np.zeros((m, m), dtype=bool)
+        taken[np.arange(m)[None, :], cand_t] = True
+        cache.update(m=m, cand_t=cand_t, taken=taken)
+    cand_t, taken = cache["cand_t"], cache["taken"]
+    reach = np.where(taken, np.inf, cc).min(axis=1)  # nearest non-candidate centre
+    ux = px - cx[prev]
+    ux *= ux
+    uy = py - cy[prev]
+    uy *= uy
+    ux += uy
+    up = np.sqrt(ux)
+    guard = up < 0.5 * reach[prev] * (1.0 - 1e-9)
+    out = np.empty(px.size, np.int64)
+    g = np.flatnonzero(guard)
+    if g.size:
+        cand = cand_t[:, prev[g]]  # (ln + 1, g)
+        d = px[g] - cx[cand]
+        d *= d
+        e = py[g] - cy[cand]
+        e *= e
+        d += e
+        # row by row (a reduction over the short first axis is slow in numpy)
+        dmin = d[0].copy()
+        for row in d[1:]:
+            np.minimum(dmin, row, out=dmin)
+        lab = np.where(d == dmin, cand, -1)
+        best = lab[0].copy()
+        for row in lab[1:]:
+            np.maximum(best, row, out=best)  # ties: the later centre
+        out[g] = best
+    if g.size < px.size:
+        rest = np.flatnonzero(~guard)
+        out[rest] = full(rest)
+    return out
+
+
 def _kmeans_small(
     points: np.ndarray, w: np.ndarray, ids: np.ndarray, centers: np.ndarray, max_iters: int
 ) -> Clustering:
     """The plain (unbounded) Lloyd loop of :func:`polis_kmeans` with the per-iteration Python
-    overhead cut (same operations in the same order, so bit-identical results): one chunk of
-    squared distances, weighted coordinates computed once, the sorted centres of one step
-    reused as the "old" centres of the next."""
+    overhead cut (same operations in the same order, so bit-identical results): the squared
+    distances go into buffers allocated once (centres x points, so the broadcast runs along
+    the contiguous point axis; fresh arrays of this size cost page faults on every
+    iteration), weighted coordinates computed once, the sorted centres of one step reused as
+    the "old" centres of the next."""
     n = points.shape[0]
-    px = points[:, 0:1]
-    py = points[:, 1:2]
+    pxr = np.ascontiguousarray(points[:, 0])
+    pyr = np.ascontiguousarray(points[:, 1])
     wx = w * points[:, 0]
     wy = w * points[:, 1]
     old_sorted = None
@@ -218,14 +295,33 @@ def _kmeans_small(
     # With positive weights a cluster is non-empty exactly when its weight sum is positive
     # (a sum of positive floats cannot be 0), which saves the count.
     positive = np.count_nonzero(w > 0) == n
-    for it in range(max_iters + 1):
+    m0 = centers.shape[0]
+    buf_d = np.empty((m0, n))
+    buf_e = np.empty((m0, n))
+    buf_t = np.empty((n, m0))
+    near = m0 >= _NEAR_MIN_CENTERS and n >= _NEAR_MIN_POINTS
+    cache: dict = {}
+
+    def full(rows: np.ndarray | None) -> np.ndarray:
         m = centers.shape[0]
-        d = px - centers[::-1, 0]
-        d *= d
-        e = py - centers[::-1, 1]
-        e *= e
-        d += e
-        labels = (m - 1) - d.argmin(axis=1)
+        px, py = (pxr, pyr) if rows is None else (pxr[rows], pyr[rows])
+        k = px.size
+        d, e, t = buf_d[:m, :k], buf_e[:m, :k], buf_t[:k, :m]
+        # d[j, i] = (x_i - c_{m-1-j})^2 + (y_i - ...)^2: the centres reversed so that argmin's
+        # first-minimum rule picks the later centre on an exact tie (Pol.is map order)
+        np.subtract(px, centers[::-1, 0:1], out=d)
+        np.multiply(d, d, out=d)
+        np.subtract(py, centers[::-1, 1:2], out=e)
+        np.multiply(e, e, out=e)
+        np.add(d, e, out=d)
+        np.copyto(t, d.T)  # argmin along contiguous rows is several times faster
+        return (m - 1) - t.argmin(axis=1)
+
+    for it in range(max_iters + 1):
+        if near and labels is not None and labels.size == n and centers.shape[0] == ids.size:
+            labels = _assign_candidates(pxr, pyr, centers, labels, full, cache)
+        else:
+            labels = full(None)
         m = ids.size
         wsum = np.bincount(labels, weights=w, minlength=m)
         keep = (wsum > 0) if positive else (np.bincount(labels, minlength=m) > 0)
@@ -315,12 +411,18 @@ def polis_kmeans(
             if check.size:
                 diff = points[check] - centers[labels[check]]
                 up[check] = np.sqrt((diff * diff).sum(axis=1))
+                uc, lc = up[check], lo[check]
                 # Elkan's test: a point closer to its centre than half the distance from that
                 # centre to any other centre cannot change cluster.
-                cc = np.sqrt(((centers[:, None, :] - centers[None, :, :]) ** 2).sum(axis=2))
+                cx, cy = centers[:, 0], centers[:, 1]
+                dx = cx[:, None] - cx[None, :]
+                dx *= dx
+                dy = cy[:, None] - cy[None, :]
+                dy *= dy
+                dx += dy
+                cc = np.sqrt(dx)  # centre-centre distances (the same sums as over axis 2)
                 np.fill_diagonal(cc, np.inf)
                 half = 0.5 * cc.min(axis=1)
-                uc, lc = up[check], lo[check]
                 stay = (uc < lc - 1e-9 * (1.0 + lc)) | (uc < half[labels[check]] * (1 - 1e-9))
                 check = check[~stay]
             if check.size and centers.shape[0] > 2 * _NEIGHBOURS:
@@ -421,7 +523,13 @@ def clean_start(
 
 def _pairwise(points: np.ndarray) -> np.ndarray:
     """(n, n) Euclidean distances, as :func:`silhouette` computes them."""
-    return np.sqrt(((points[:, None, :] - points[None, :, :]) ** 2).sum(axis=2))
+    x, y = points[:, 0], points[:, 1]
+    d = x[:, None] - x[None, :]
+    d *= d
+    e = y[:, None] - y[None, :]
+    e *= e
+    d += e
+    return np.sqrt(d, out=d)
 
 
 def silhouette(points: np.ndarray, labels: np.ndarray, dist: np.ndarray | None = None) -> float:
@@ -434,15 +542,18 @@ def silhouette(points: np.ndarray, labels: np.ndarray, dist: np.ndarray | None =
     if n == 0:
         return 0.0
     d = _pairwise(points) if dist is None else dist
-    labs = np.unique(labels)
-    # mean distance from each point to each cluster (excluding itself for its own cluster)
-    sums = np.stack([d[:, labels == g].sum(axis=1) for g in labs], axis=1)
-    sizes = np.array([(labels == g).sum() for g in labs])
-    own = np.searchsorted(labs, labels)
+    labs, own = np.unique(labels, return_inverse=True)
+    own = own.reshape(-1)
     s = np.zeros(n)
     if labs.size < 2:
         return float(s.mean())  # no other cluster: every point scores 0
+    sizes = np.bincount(own, minlength=labs.size)
+    # sum of the distances from each point to each cluster's members (one matrix product)
+    onehot = np.zeros((n, labs.size))
     rows = np.arange(n)
+    onehot[rows, own] = 1.0
+    sums = d @ onehot
+    # mean distance from each point to each cluster (excluding itself for its own cluster)
     ni = sizes[own]
     a = sums[rows, own] / np.maximum(ni - 1, 1)
     other = sums / sizes[None, :]
@@ -544,65 +655,112 @@ def _choice(rng: np.random.Generator, p: np.ndarray) -> int:
 
 
 def _kmeans_batch(
-    points: np.ndarray, w: np.ndarray, centers: np.ndarray, max_iters: int
+    points: np.ndarray,
+    w: np.ndarray,
+    centers: np.ndarray,
+    max_iters: int,
+    ks: np.ndarray | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray] | None]:
     """Several independent runs of the plain Lloyd loop of :func:`_kmeans_small` at once.
 
     points : (R, n, 2) (a broadcast view is fine); w : (R, n) positive weights; centers :
-    (R, k, 2) starting centres. Every operation is the per-run one applied along a leading
+    (R, K, 2) starting centres. Every operation is the per-run one applied along a leading
     run axis (elementwise arithmetic, row-wise argmin, per-bin sums that add the points in the
     same order as a per-run ``bincount``, a per-run stable lexsort of the centres), so each run
     gets exactly the labels and centres that :func:`polis_kmeans` gives it alone. A run in which
     a cluster empties (its k would change) is returned as None for the caller to redo alone.
+
+    ks : (R,) optional number of clusters of each run (runs with different k together): run r
+    uses ``centers[r, :ks[r]]``; the other rows are padding, kept at +inf (never the nearest
+    centre, never equal to a real centre, sorted last), so they change nothing in the run.
+
     Returns [(labels (n,), centers (k, 2)) or None] in run order.
     """
     n_runs, n = w.shape
     k = centers.shape[1]
     out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n_runs
     active = np.arange(n_runs)
-    px = points[:, :, 0:1]
-    py = points[:, :, 1:2]
-    wx = w * points[:, :, 0]
-    wy = w * points[:, :, 1]
-    cen = np.asarray(centers, dtype=np.float64)
+    # Coordinates as (runs, points), the point axis contiguous; the squared distances as
+    # (runs, centres, points) so every elementwise step runs along contiguous points, and the
+    # nearest centre is found by a running minimum over the (at most a few) centres from the
+    # last to the first with a strict "<": on an exact tie the later centre wins, exactly as
+    # ``argmin`` over the reversed centres in :func:`_kmeans_small`.
+    xs = np.ascontiguousarray(points[:, :, 0], dtype=np.float64)
+    ys = np.ascontiguousarray(points[:, :, 1], dtype=np.float64)
+    ww = np.ascontiguousarray(w, dtype=np.float64)
+    wx = ww * xs
+    wy = ww * ys
+    cen = np.array(centers, dtype=np.float64)
+    kr = np.full(n_runs, k, np.int64) if ks is None else np.asarray(ks, np.int64)
+    pad = None
+    if ks is not None and bool((kr < k).any()):
+        pad = np.arange(k)[None, :] >= kr[:, None]  # (R, K)
+        cen[pad] = np.inf
+    offs = np.arange(n_runs, dtype=np.int64)[:, None] * k
+    # k <= 127 here (a batch only ever holds the group clusterings, k <= a few): small ints
+    jidx = np.arange(1, k + 1, dtype=np.int8 if k < 127 else np.int64)[None, :, None]
+    nopad = np.zeros((n_runs, k), dtype=bool) if pad is None else pad
     old_sorted = None
-    for it in range(max_iters + 1):
-        if not active.size:
-            break
-        r = active.size
-        d = px[active] - cen[:, None, ::-1, 0]
-        d *= d
-        e = py[active] - cen[:, None, ::-1, 1]
-        e *= e
-        d += e
-        labels = (k - 1) - d.argmin(axis=2)  # (r, n)
-        keys = (labels + (np.arange(r) * k)[:, None]).ravel()
-        wsum = np.bincount(keys, weights=w[active].ravel(), minlength=r * k).reshape(r, k)
-        sx = np.bincount(keys, weights=wx[active].ravel(), minlength=r * k).reshape(r, k)
-        sy = np.bincount(keys, weights=wy[active].ravel(), minlength=r * k).reshape(r, k)
-        full = np.count_nonzero(wsum > 0, axis=1) == k  # else a cluster emptied: redo alone
-        new = np.empty((r, k, 2))
-        with np.errstate(invalid="ignore", divide="ignore"):  # 0 / 0 only in runs not full
+    compact = True
+    stay = None
+    # 0 / 0 only in runs not full; inf - inf only in the padding (NaN: never "close")
+    with np.errstate(invalid="ignore", divide="ignore"):
+        for it in range(max_iters + 1):
+            if not active.size:
+                break
+            r = active.size
+            if not compact:
+                xs, ys, ww, wx, wy = xs[stay], ys[stay], ww[stay], wx[stay], wy[stay]
+                nopad = nopad[stay]
+            d = xs[:, None, :] - cen[:, :, 0:1]  # (r, K, n)
+            d *= d
+            e = ys[:, None, :] - cen[:, :, 1:2]
+            e *= e
+            d += e
+            # nearest centre, the later one on an exact tie: the largest j with d_j == min
+            mn = np.minimum.reduce(d, axis=1)
+            labels = np.maximum.reduce((d == mn[:, None, :]) * jidx, axis=1).astype(np.int64)
+            labels -= 1
+            keys = (labels + offs[:r]).ravel()
+            wsum = np.bincount(keys, weights=ww.ravel(), minlength=r * k).reshape(r, k)
+            sx = np.bincount(keys, weights=wx.ravel(), minlength=r * k).reshape(r, k)
+            sy = np.bincount(keys, weights=wy.ravel(), minlength=r * k).reshape(r, k)
+            full = np.logical_and.reduce((wsum > 0) | nopad, axis=1)  # else redo alone
+            new = np.empty((r, k, 2))
             np.divide(sx, wsum, out=new[:, :, 0])
             np.divide(sy, wsum, out=new[:, :, 1])
-        if it == max_iters:
-            done = np.ones(r, dtype=bool)
-            new_sorted = None
-        else:
-            rows = np.arange(r)[:, None]
-            if old_sorted is None:
-                old_sorted = cen[rows, np.lexsort((cen[:, :, 1], cen[:, :, 0]), axis=-1)]
-            new_sorted = new[rows, np.lexsort((new[:, :, 1], new[:, :, 0]), axis=-1)]
-            dd = old_sorted - new_sorted
-            dd *= dd
-            done = np.count_nonzero(np.sqrt(dd[:, :, 0] + dd[:, :, 1]) < 0.01, axis=1) == k
-        for i in np.flatnonzero(done & full).tolist():
-            out[int(active[i])] = (labels[i], new[i])
-        stay = ~done & full
-        active = active[stay]
-        cen = new[stay]
-        if new_sorted is not None:
-            old_sorted = new_sorted[stay]
+            if pad is not None:
+                np.copyto(new, np.inf, where=nopad[:, :, None])
+            if it == max_iters:
+                done = np.ones(r, dtype=bool)
+                new_sorted = None
+            else:
+                rows = np.arange(r)[:, None]
+                if old_sorted is None:
+                    old_sorted = cen[rows, np.lexsort((cen[:, :, 1], cen[:, :, 0]), axis=-1)]
+                new_sorted = new[rows, np.lexsort((new[:, :, 1], new[:, :, 0]), axis=-1)]
+                dd = old_sorted - new_sorted
+                dd *= dd
+                close = np.sqrt(dd[:, :, 0] + dd[:, :, 1]) < 0.01
+                # every real centre close (the padding sorts last, as it is stored)
+                done = np.logical_and.reduce(close | nopad, axis=1)
+            fin = done & full
+            if fin.any():
+                kk = kr[active]
+                for i in np.flatnonzero(fin).tolist():
+                    out[int(active[i])] = (labels[i], new[i, : kk[i]])
+            stay = ~done & full
+            if stay.all():
+                cen = new
+                if new_sorted is not None:
+                    old_sorted = new_sorted
+                compact = True
+                continue
+            active = active[stay]
+            cen = new[stay]
+            if new_sorted is not None:
+                old_sorted = new_sorted[stay]
+            compact = False
     return out
 
 
@@ -677,6 +835,60 @@ def _kpp_seeds_batch(
     return np.stack(chosen, axis=1).tolist()
 
 
+def _kpp_seeds_multi(
+    points: np.ndarray,
+    weights: np.ndarray,
+    p_w: np.ndarray,
+    ks: Sequence[int],
+    restarts: int,
+) -> dict[int, list[list[int]] | None]:
+    """:func:`_kpp_seeds_batch` for several k at once (k's generator seeded with 7919 + k, as
+    :func:`best_of_restarts`): the restarts of every k are rows of one batch, a row taking
+    part in the steps t < its k. Row-wise the arithmetic is that of ``_kpp_seeds_batch``, so
+    the seeds are identical; a k for which some restart would stop early maps to None."""
+    ks = [k for k in ks if k > 0]
+    if restarts <= 0 or not ks:
+        return {k: [] for k in ks}
+    kmax = max(ks)
+    kr = np.repeat(np.asarray(ks, np.int64), restarts)
+    u = np.zeros((kr.size, kmax))
+    for i, k in enumerate(ks):
+        u[i * restarts : (i + 1) * restarts, :k] = np.random.default_rng(7919 + k).random(
+            (restarts, k)
+        )
+    cdf = np.cumsum(p_w)
+    cdf /= cdf[-1]
+    first = cdf.searchsorted(u[:, 0], side="right")
+    n = points.shape[0]
+    px, py = points[:, 0], points[:, 1]
+    dx = px[None, :] - px[first][:, None]
+    dy = py[None, :] - py[first][:, None]
+    d2 = dx * dx
+    d2 += dy * dy
+    chosen = [first]
+    failed = np.zeros(kr.size, dtype=bool)
+    with np.errstate(invalid="ignore", divide="ignore"):  # only in rows that failed
+        for t in range(1, kmax):
+            prob = weights * d2
+            tot = prob.sum(axis=1)
+            failed |= (kr > t) & ~(tot > 0)
+            c = np.cumsum(prob / tot[:, None], axis=1)
+            c /= c[:, -1:]
+            j = np.minimum(np.count_nonzero(c <= u[:, t : t + 1], axis=1), n - 1)
+            chosen.append(j)
+            dx = px[None, :] - px[j][:, None]
+            dy = py[None, :] - py[j][:, None]
+            e = dx * dx
+            e += dy * dy
+            np.minimum(d2, e, out=d2)
+    seeds = np.stack(chosen, axis=1)
+    out: dict[int, list[list[int]] | None] = {}
+    for i, k in enumerate(ks):
+        rows = slice(i * restarts, (i + 1) * restarts)
+        out[k] = None if failed[rows].any() else seeds[rows, :k].tolist()
+    return out
+
+
 def best_of_restarts(
     points: np.ndarray,
     weights: np.ndarray,
@@ -738,3 +950,102 @@ def best_of_restarts(
         if i < best_i - 1e-12 * max(best_i, 1.0):
             best, best_i = cl, i
     return best
+
+
+def _inertias(points: np.ndarray, weights: np.ndarray, runs: list[Clustering]) -> list[float]:
+    """:func:`_inertia` of each run: the same arithmetic per run, row by row (a row-wise sum
+    over the contiguous last axis is the 1-D sum of each row)."""
+    n = points.shape[0]
+    if not runs or any(cl.labels.shape[0] != n for cl in runs):
+        return [_inertia(points, weights, cl) for cl in runs]
+    kmax = max(cl.centers.shape[0] for cl in runs)
+    cen = np.zeros((len(runs), kmax, 2))
+    lab = np.empty((len(runs), n), np.int64)
+    for i, cl in enumerate(runs):
+        cen[i, : cl.centers.shape[0]] = cl.centers
+        lab[i] = cl.labels
+    d = points[None, :, :] - cen[np.arange(len(runs))[:, None], lab]
+    return (weights[None, :] * (d * d).sum(axis=2)).sum(axis=1).tolist()
+
+
+def cold_group_clusterings(
+    points: np.ndarray,
+    weights: np.ndarray,
+    ks: Sequence[int],
+    max_iters: int,
+    restarts: int,
+) -> dict[int, Clustering]:
+    """Cold-start group clusterings for every k of ``ks`` at once.
+
+    For each k the result is exactly ``best_of_restarts(points, weights, k, max_iters,
+    polis_kmeans(points, k, max_iters, weights=weights), restarts)`` (or the plain
+    ``polis_kmeans`` when ``restarts`` is 0), but the k-means of every k and every restart -
+    Pol.is's start and the seeded k-means++ starts - run together in one batched Lloyd loop
+    (:func:`_kmeans_batch` with per-run k), so the Python overhead is paid once, not once per
+    k and restart. Runs the batch cannot take (a cluster empties; large inputs) are run alone.
+    """
+    n = points.shape[0]
+    w = np.asarray(weights, dtype=np.float64)
+    ks = list(ks)
+    if not ks:
+        return {}
+    distinct_idx = _distinct_first(points)
+    distinct = distinct_idx.size
+    batchable = (
+        n > 0 and n < _BOUNDS_MIN_POINTS and n * max(ks) <= 262_144 and np.count_nonzero(w > 0) == n
+    )
+    # runs: (k, index of the start: -1 = Pol.is's start, else restart number, centres)
+    runs: list[tuple[int, int, np.ndarray]] = []
+    p_w = w / w.sum() if n and w.sum() > 0 else None
+    seeded = (
+        _kpp_seeds_multi(points, w, p_w, [k for k in ks if distinct > k], restarts)
+        if restarts and p_w is not None
+        else {}
+    )
+    for k in ks:
+        idx = distinct_idx[:k]
+        runs.append((k, -1, points[idx].astype(np.float64)))
+        if restarts and distinct > k and p_w is not None:
+            starts = seeded[k]
+            if starts is None:
+                rng = np.random.default_rng(7919 + k)
+                starts = _kpp_seeds(points, w, p_w, k, restarts, rng)
+            for i, st in enumerate(starts):
+                runs.append((k, i, points[st].astype(np.float64)))
+    results: list = [None] * len(runs)
+    if batchable and len(runs) > 1:
+        kmax = max(c.shape[0] for _, _, c in runs)
+        cen = np.full((len(runs), kmax, 2), np.inf)
+        for i, (_, _, c) in enumerate(runs):
+            cen[i, : c.shape[0]] = c
+        res = _kmeans_batch(
+            np.broadcast_to(points, (len(runs),) + points.shape),
+            np.broadcast_to(w, (len(runs), n)),
+            cen,
+            max_iters,
+            ks=np.array([c.shape[0] for _, _, c in runs]),
+        )
+        for i, one in enumerate(res):
+            if one is not None:
+                kr = one[1].shape[0]
+                results[i] = Clustering(np.arange(kr, dtype=np.int64), one[1], one[0])
+    for i, (k, which, c) in enumerate(runs):
+        if results[i] is None:
+            if which < 0:
+                results[i] = polis_kmeans(points, k, max_iters, weights=weights)
+            else:
+                results[i] = polis_kmeans(
+                    points,
+                    k,
+                    max_iters,
+                    weights=weights,
+                    init_ids=np.arange(k),
+                    init_centers=c,
+                )
+    inert = _inertias(points, w, results) if restarts else [0.0] * len(runs)
+    out: dict[int, Clustering] = {}
+    best_i = 0.0
+    for i, (k, which, _) in enumerate(runs):
+        if which < 0 or inert[i] < best_i - 1e-12 * max(best_i, 1.0):
+            out[k], best_i = results[i], inert[i]
+    return out

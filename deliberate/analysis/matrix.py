@@ -248,7 +248,9 @@ class Votes:
             if a == z:
                 continue
             key = (row[a:z].astype(np.int64) - b0 * block_rows) * n_cols + col[a:z]
-            cnt = np.bincount(key, minlength=cells)
+            # only the chunk's own cells (a small conversation is far below ``cells``)
+            chunk_rows = min(n_rows, b1 * block_rows) - b0 * block_rows
+            cnt = np.bincount(key, minlength=min(cells, chunk_rows * max(n_cols, 1)))
             if cnt.max() <= 1:
                 continue
             any_dup = True

@@ -85,7 +85,8 @@ def centred_values(
     b = votes.nnz if b is None else b
     c = votes.col[a:b]
     w = votes.value[a:b] - center[c]
-    w[mod_out[c]] = 0.0
+    if mod_out.any():
+        w[mod_out[c]] = 0.0
     return w
 
 
@@ -345,12 +346,16 @@ def project_participants(
     scale = 2.0 ** min(48, 52 - int(np.ceil(np.log2(2 * max(n_cols, 1)))))
     cc = [np.round(comps[k] * live * scale) for k in range(2)]
     cm = [np.round(center * comps[k] * live * scale) for k in range(2)]
+    any_out = bool(mod_out.any())
     for a, b in votes.entry_chunks():
         r, c = votes.row[a:b], votes.col[a:b]
         v = votes.value[a:b]
         for k in range(2):
             out[:, k] += np.bincount(r, weights=v * cc[k][c] - cm[k][c], minlength=n_rows)
-        n_i += np.bincount(r, weights=live[c], minlength=n_rows)
+        if any_out:
+            n_i += np.bincount(r, weights=live[c], minlength=n_rows)
+        else:  # every column live: the count of the row's votes (the same integer sums)
+            n_i += np.bincount(r, minlength=n_rows)
     out /= scale
     n_i += int(mod_out.sum())
     out *= np.sqrt(n_cols / np.maximum(n_i, 1))[:, None]

@@ -30,8 +30,9 @@ Deliberate differences from Pol.is (each is also documented where it is made):
 8. Cold starts only (no previous clustering for a k, more than
    ``Params.cold_restarts_min_participants`` in conversation): the group k-means keeps the best
    of Pol.is's start and ``Params.cold_restarts`` seeded k-means++ starts
-   (``clustering.best_of_restarts``) - a stand-in for the history of warm starts that a cold
-   run does not have. Warm updates are Pol.is's, unchanged.
+   (``clustering.best_of_restarts``; all k and all starts run as one batch in
+   ``clustering.cold_group_clusterings``, with identical results) - a stand-in for the history
+   of warm starts that a cold run does not have. Warm updates are Pol.is's, unchanged.
 9. Additions: bridging (``bridging.py``), divisive (``divisive.py``), organisations
    (``organisations.py``), bootstrap stability (``stability.py``), round comparison
    (``rounds.py``).
@@ -51,8 +52,8 @@ from .clustering import (
     Clustering,
     _n_distinct,
     _pairwise,
-    best_of_restarts,
     clean_start,
+    cold_group_clusterings,
     match_ids,
     max_group_k,
     polis_kmeans,
@@ -400,6 +401,13 @@ def _prev_components(state: dict, col_index: dict, n_cols: int) -> np.ndarray | 
     return prev if prev.any() else None
 
 
+def _members_by_label(keys: np.ndarray, labels: np.ndarray, n: int) -> list[np.ndarray]:
+    """keys[labels == i] for i in 0..n-1, in key order within each label (one stable sort)."""
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(n + 1))
+    return [keys[order[bounds[i] : bounds[i + 1]]] for i in range(n)]
+
+
 def _fold(cl: Clustering, keys: list[list]) -> dict:
     return {"id": cl.ids.tolist(), "members": keys}
 
@@ -440,7 +448,6 @@ def run_analysis(
     pids = votes.participant_ids.tolist()
     sids = votes.statement_ids.tolist()
     n_rows, n_cols = votes.n_rows, votes.n_cols
-    row_index = votes.row_index()
     col_index = votes.col_index()
 
     mod_out = _mask_of(sids, moderation.mod_out)
@@ -449,10 +456,12 @@ def run_analysis(
     # --- in-conversation set (grows; persisted)
     uvc = votes.row_counts()
     prev_in = np.zeros(n_rows, dtype=bool)
-    for p in state.get("in_conv", []):
-        i = row_index.get(p)
-        if i is not None:
-            prev_in[i] = True
+    if state.get("in_conv"):
+        row_index = votes.row_index()  # only needed with a previous state
+        for p in state["in_conv"]:
+            i = row_index.get(p)
+            if i is not None:
+                prev_in[i] = True
     in_conv = in_conversation(uvc, n_cols, prev_in, params.min_votes_in_conv, params.min_in_conv)
 
     # --- PCA, projections
@@ -502,17 +511,14 @@ def run_analysis(
     sils: dict[int, float] = {}
     base_keys = base.ids
     dist = None  # base-centre distances, shared by the silhouettes of every k
+    cold: list[int] = []
     for k in ks:
         prev = _clusters_from_state(prev_gc.get(str(k)))
         init = clean_start(base.centers, base_keys, k, prev, weights=base_sizes) if prev else None
         if init is None:
-            cl = polis_kmeans(base.centers, k, params.group_iters, weights=base_sizes)
-            if params.cold_restarts and ic.size > params.cold_restarts_min_participants:
-                cl = best_of_restarts(
-                    base.centers, base_sizes, k, params.group_iters, cl, params.cold_restarts
-                )
+            cold.append(k)
         else:
-            cl = polis_kmeans(
+            clusterings[k] = polis_kmeans(
                 base.centers,
                 k,
                 params.group_iters,
@@ -520,10 +526,18 @@ def run_analysis(
                 init_ids=init[0],
                 init_centers=init[1],
             )
-        clusterings[k] = cl
+    if cold:
+        # Pol.is's cold start for each k, plus (deliberate) the seeded restarts; all the k-means
+        # of all those k run in one batch (cold_group_clusterings = best_of_restarts per k).
+        restarts = params.cold_restarts if ic.size > params.cold_restarts_min_participants else 0
+        clusterings.update(
+            cold_group_clusterings(base.centers, base_sizes, cold, params.group_iters, restarts)
+        )
+    clusterings = {k: clusterings[k] for k in ks}
+    for k in ks:
         if dist is None:
             dist = _pairwise(base.centers)
-        sils[k] = silhouette(base.centers, cl.labels, dist)
+        sils[k] = silhouette(base.centers, clusterings[k].labels, dist)
     smoother = state.get("smoother")
     if ks:
         best = max(sils.values())
@@ -636,7 +650,7 @@ def run_analysis(
     # --- state for the next update
     new_state = {
         "version": STATE_VERSION,
-        "in_conv": [p for p, m in zip(pids, in_conv.tolist(), strict=True) if m],
+        "in_conv": votes.participant_ids[in_conv].tolist(),
         "pca": {"statements": list(sids), "components": pca.components.tolist()},
         "base_clusters": {"id": base.ids.tolist(), "members": [m.tolist() for m in base_members]},
         "group_clusterings": {
@@ -648,15 +662,10 @@ def run_analysis(
         },
         "smoother": smoother,
         "groups": [
-            {
-                "id": g,
-                "members": [
-                    p
-                    for p, gi in zip(keys.tolist(), group_of_row[ic].tolist(), strict=True)
-                    if gi == i
-                ],
-            }
-            for i, g in enumerate(group_ids)
+            {"id": g, "members": members.tolist()}
+            for g, members in zip(
+                group_ids, _members_by_label(keys, group_of_row[ic], len(group_ids)), strict=True
+            )
         ],
         "last_created": votes.last_created
         if not isinstance(votes.last_created, np.generic)

@@ -5,7 +5,8 @@ Method (kept cheap so it runs on every snapshot, even at 35 million votes):
 * **Buckets.** Participants are dealt at random (seeded) into ``M`` buckets (``M`` =
   ``Params.bootstrap_buckets``, fewer when the conversation is wide; with ``n <= M``
   participants every participant is its own bucket, i.e. the classical bootstrap). A replicate
-  draws a Poisson(1) weight per bucket - the "Poisson bootstrap" over random groups of
+  draws a Poisson(1) weight per bucket (by inverse CDF from seeded uniforms) - the "Poisson
+  bootstrap" over random groups of
   participants. Participants are i.i.d. in buckets, so this estimates the same sampling
   variability, with Monte-Carlo noise that shrinks with ``M``.
 * All per-bucket sums (votes per group and statement, base-cluster sizes and projection sums)
@@ -15,7 +16,8 @@ Method (kept cheap so it runs on every snapshot, even at 35 million votes):
   them at the snapshot's k, warm-started from the snapshot's groups (as the next update would
   be). Base clusters absent from a replicate go to the nearest replicate group centre. Replicate
   groups are matched to the snapshot's groups by member overlap. A member's stability is the
-  fraction of replicates in which they land in their snapshot group.
+  fraction of replicates in which they land in their snapshot group. All replicates' k-means
+  run as one batch (``_replicate_membership``).
 * **Statements.** With group membership fixed, each replicate recomputes per-group counts, then
   GAC, bridging and the overall agree share (agree / seen over all participants), and whether the
   statement is in Pol.is's consensus list (same direction as in the snapshot, or any direction
@@ -29,7 +31,6 @@ import numpy as np
 
 from .clustering import (
     _BOUNDS_MIN_POINTS,
-    Clustering,
     _kmeans_batch,
     clean_start,
     match_ids,
@@ -39,6 +40,45 @@ from .matrix import Votes
 from .stats import Z90, prop_test
 
 __all__ = ["bootstrap"]
+
+
+# Poisson(1) cumulative probabilities P(X <= j), j = 0..; P(X > 20) < 1e-19 (never drawn).
+_POISSON1_CDF = np.cumsum(
+    [np.exp(-1.0) / float(np.prod(np.arange(1, j + 1, dtype=np.float64))) for j in range(21)]
+)
+
+
+def _poisson1(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Poisson(1) draws as float64, by inverse CDF from uniforms (several times faster than
+    ``rng.poisson`` for the few thousand draws a bootstrap needs; the same distribution)."""
+    u = rng.random(shape)
+    return np.searchsorted(_POISSON1_CDF, u, side="right").astype(np.float64)
+
+
+def _intervals(samples: np.ndarray, point: np.ndarray, level: float) -> list[np.ndarray]:
+    """Percentile intervals of several statistics at once, each widened to contain its point.
+
+    samples : (n_stats, R, n); point : (n_stats, n). Returns n_stats arrays (n, 2). The
+    quantiles are numpy's default ("linear") ones, from one sort of all samples.
+    """
+    n_r = samples.shape[1]
+    srt = np.sort(samples, axis=1)
+    out = []
+    bounds = []
+    for q in ((1.0 - level) / 2.0, (1.0 + level) / 2.0):
+        pos = q * (n_r - 1)
+        lo_i = min(int(np.floor(pos)), n_r - 1)
+        hi_i = min(lo_i + 1, n_r - 1)
+        t = pos - lo_i
+        a, b = srt[:, lo_i], srt[:, hi_i]
+        diff = b - a
+        # numpy's _lerp: a + (b - a) t, or b - (b - a)(1 - t) when t >= 0.5
+        bounds.append(b - diff * (1.0 - t) if t >= 0.5 else a + diff * t)
+    for i in range(samples.shape[0]):
+        lo = np.minimum(bounds[0][i], point[i])
+        hi = np.maximum(bounds[1][i], point[i])
+        out.append(np.stack([lo, hi], axis=1))
+    return out
 
 
 def _consensus_members(
@@ -60,12 +100,207 @@ def _consensus_members(
     return outs[0], outs[1]
 
 
-def _interval(samples: np.ndarray, point: np.ndarray, level: float) -> np.ndarray:
-    """(n, 2) percentile intervals over axis 0, widened to contain ``point``."""
-    lo_q, hi_q = (1.0 - level) / 2.0, (1.0 + level) / 2.0
-    lo = np.quantile(samples, lo_q, axis=0)
-    hi = np.quantile(samples, hi_q, axis=0)
-    return np.stack([np.minimum(lo, point), np.maximum(hi, point)], axis=1)
+def _greedy_match(ov: np.ndarray) -> np.ndarray:
+    """:func:`clustering.match_ids` for many replicates at once, with square overlaps.
+
+    ov : (R, k, k) member overlaps (replicate group x snapshot group), integer-valued.
+    Returns (R, k): the snapshot group each replicate group takes, or -1 (a fresh id). Greedy in
+    the order of ``match_ids``: largest overlap first, ties to the lower new then lower previous
+    index (row-major argmax), only positive overlaps, one-to-one.
+    """
+    n_r, k, _ = ov.shape
+    work = ov.reshape(n_r, k * k).astype(np.float64, copy=True)
+    out = np.full((n_r, k), -1, np.int64)
+    rows = np.arange(n_r)
+    for _ in range(k):
+        best = work.argmax(axis=1)
+        ok = work[rows, best] > 0
+        if not ok.any():
+            break
+        i, j = best // k, best % k
+        r = rows[ok]
+        out[r, i[ok]] = j[ok]
+        w3 = work.reshape(n_r, k, k)
+        w3[r, i[ok], :] = -1.0
+        w3[r, :, j[ok]] = -1.0
+    return out
+
+
+def _replicate_membership(
+    bw: np.ndarray,
+    bx: np.ndarray,
+    by: np.ndarray,
+    base_ids: np.ndarray,
+    base_centers: np.ndarray,
+    group_of_base: np.ndarray,
+    n_groups: int,
+    sizes: np.ndarray,
+    group_iters: int,
+) -> np.ndarray:
+    """(R, n_base) bool: whether each base cluster lands in its snapshot group, per replicate.
+
+    Each replicate reweights the base clusters (weights ``bw``, weighted projection sums
+    ``bx``, ``by``), reclusters the present ones (weight > 0) at the snapshot's k warm-started
+    from the snapshot's groups (``clean_start``: each group recentred on its present members),
+    sends each absent base cluster to the nearest replicate centre and matches the replicate's
+    groups to the snapshot's by member overlap (``match_ids``).
+
+    All replicates run together: the absent base clusters stay in the batch with weight 0
+    (they move no centre), the starting centres are per-group weighted sums, the k-means is
+    :func:`clustering._kmeans_batch` and the matching :func:`_greedy_match`. A replicate the
+    batch cannot take (a snapshot group with no present member, two identical starting
+    centres, a cluster that empties) is done alone, exactly as before.
+    """
+    n_r, n_base = bw.shape
+    k = n_groups
+    present = bw > 0
+    same = np.zeros((n_r, n_base), dtype=bool)
+    onehot = np.zeros((n_base, k))
+    onehot[np.arange(n_base), group_of_base] = 1.0
+    safe = np.where(present, bw, 1.0)
+    # (R, n_base, 2): the replicate's centre of each present base cluster; an absent one keeps
+    # its snapshot centre (with weight 0 it moves no centre; its label is set below)
+    pts = np.where(
+        present[:, :, None], np.stack([bx / safe, by / safe], axis=2), base_centers[None, :, :]
+    )
+    gw = bw @ onehot  # (R, k) replicate weight of each snapshot group
+    init = np.stack([bx @ onehot, by @ onehot], axis=2) / np.where(gw > 0, gw, 1.0)[:, :, None]
+    ok = (gw > 0).all(axis=1)
+    if k > 1:
+        dup = np.zeros(n_r, dtype=bool)
+        for a in range(k):
+            for b in range(a + 1, k):
+                dup |= (init[:, a, 0] == init[:, b, 0]) & (init[:, a, 1] == init[:, b, 1])
+        ok &= ~dup
+    batched = np.flatnonzero(ok)
+    labels = np.zeros((n_r, n_base), np.int64)
+    alone: list[int] = np.flatnonzero(~ok).tolist()
+    if batched.size and n_base < _BOUNDS_MIN_POINTS and n_base * k <= 262_144:
+        res = _kmeans_batch(pts[batched], bw[batched], init[batched], group_iters)
+        good = []
+        for i, one in zip(batched.tolist(), res, strict=True):
+            if one is None:
+                alone.append(i)
+                continue
+            good.append(i)
+            labels[i] = one[0]
+            init[i] = one[1]  # final centres
+        good_a = np.asarray(good, np.int64)
+        if good_a.size:
+            cen = init[good_a]  # (G, k, 2)
+            # absent base clusters: nearest final centre (the first on a tie, as np.argmin)
+            d = base_centers[None, None, :, 0] - cen[:, :, 0:1]  # (G, k, n_base)
+            d *= d
+            e = base_centers[None, None, :, 1] - cen[:, :, 1:2]
+            e *= e
+            d += e
+            mn = np.minimum.reduce(d, axis=1)
+            first = np.arange(k, 0, -1, dtype=np.int64)[None, :, None]  # k - j
+            near = k - np.maximum.reduce((d == mn[:, None, :]) * first, axis=1)
+            lab = np.where(present[good_a], labels[good_a], near)
+            key = (np.arange(good_a.size)[:, None] * k + lab) * k + group_of_base[None, :]
+            ov = np.bincount(
+                key.ravel(),
+                weights=np.broadcast_to(sizes, lab.shape).ravel(),
+                minlength=good_a.size * k * k,
+            ).reshape(good_a.size, k, k)
+            mapped = _greedy_match(ov)
+            same[good_a] = np.take_along_axis(mapped, lab, axis=1) == group_of_base[None, :]
+    else:
+        alone.extend(batched.tolist())
+    if alone:
+        prev = [(g, base_ids[group_of_base == g].tolist()) for g in range(k)]
+        for r in sorted(alone):
+            same[r] = _one_replicate(
+                bw[r],
+                pts[r],
+                present[r],
+                base_ids,
+                base_centers,
+                group_of_base,
+                k,
+                sizes,
+                prev,
+                group_iters,
+            )
+    return same
+
+
+def _one_replicate(
+    bw_r: np.ndarray,
+    pts_r: np.ndarray,
+    present: np.ndarray,
+    base_ids: np.ndarray,
+    base_centers: np.ndarray,
+    group_of_base: np.ndarray,
+    n_groups: int,
+    sizes: np.ndarray,
+    prev: list,
+    group_iters: int,
+) -> np.ndarray:
+    """One replicate of :func:`_replicate_membership`, on its present base clusters only."""
+    n_base = bw_r.size
+    out = np.zeros(n_base, dtype=bool)
+    if not present.any():
+        return out
+    weights_r = bw_r[present]
+    pts = pts_r[present]
+    init = clean_start(pts, base_ids[present], n_groups, prev, weights=weights_r)
+    if init is None:
+        cl = polis_kmeans(pts, n_groups, group_iters, weights=weights_r)
+    else:
+        cl = polis_kmeans(
+            pts, n_groups, group_iters, weights=weights_r, init_ids=init[0], init_centers=init[1]
+        )
+    lab = np.empty(n_base, np.int64)
+    lab[present] = cl.labels
+    if not present.all():
+        d = ((base_centers[~present, None, :] - cl.centers[None, :, :]) ** 2).sum(axis=2)
+        lab[~present] = np.argmin(d, axis=1)
+    # integer-valued sizes: the sums are exact in any order (as np.add.at's)
+    ov = np.bincount(
+        lab * n_groups + group_of_base, weights=sizes, minlength=cl.ids.size * n_groups
+    ).reshape(cl.ids.size, n_groups)
+    mapped = match_ids(
+        ov, list(range(n_groups)), fresh_ids=list(range(n_groups, n_groups + cl.ids.size))
+    )
+    return np.asarray(mapped)[lab] == group_of_base
+
+
+def _replicate_counts(
+    votes: Votes,
+    stat_groups: np.ndarray,
+    g1: int,
+    bucket: np.ndarray,
+    m: int,
+    w: np.ndarray,
+) -> np.ndarray:
+    """(R, g1, 3, n_cols) agree / pass / disagree counts (in that order: category
+    1 - value) per replicate, group + 1 (0 = no group) and statement: one pass over the votes
+    gives the per (bucket, group + 1, category, column) counts, then each replicate's counts
+    are its bucket weights ``w`` (R, m) times those. Every value is an integer (and partial
+    sums only grow), so the product is exact in float32 as long as the largest possible
+    count, max(w) x participants, is below 2^24: then float32 (half the memory traffic),
+    else float64."""
+    n_cols = votes.n_cols
+    replicates = w.shape[0]
+    size = m * g1 * 3 * n_cols
+    key_row = bucket * g1 + stat_groups.astype(np.int64) + 1  # (n_rows,)
+    per = None
+    for a, b in votes.entry_chunks(max(1 << 20, size)):
+        # category 0 agree, 1 pass, 2 disagree (= 1 - value)
+        key = (key_row[votes.row[a:b]] * 3 + (1 - votes.value[a:b])) * n_cols + votes.col[a:b]
+        cnt = np.bincount(key, minlength=size)
+        if per is None:
+            per = cnt
+        else:
+            per += cnt
+    if per is None:
+        per = np.zeros(size, np.int64)
+    exact32 = float(w.max(initial=0.0)) * max(votes.n_rows, 1) < 2.0**24
+    dtype = np.float32 if exact32 else np.float64
+    rep = w.astype(dtype) @ per.reshape(m, -1).astype(dtype)
+    return rep.astype(np.float64, copy=False).reshape(replicates, g1, 3, n_cols)
 
 
 def bootstrap(
@@ -118,38 +353,30 @@ def bootstrap(
     m_cap = max(20, int(2e7 // max(1, g1 * 3 * max(n_cols, 1))))
     m = max(1, min(buckets, n_rows, m_cap))
     bucket = (rng.permutation(n_rows) % m).astype(np.int64)
-    w = rng.poisson(1.0, size=(replicates, m)).astype(np.float64)
+    w = _poisson1(rng, (replicates, m))
 
-    # One pass over the votes: per (bucket, group + 1, category, column) counts.
-    size = m * g1 * 3 * n_cols
-    per = np.zeros(size, np.int64)
-    key_row = bucket * g1 + stat_groups.astype(np.int64) + 1  # (n_rows,)
-    for a, b in votes.entry_chunks(max(1 << 20, size)):
-        # category 0 agree, 1 pass, 2 disagree (= 1 - value); reordered below
-        key = (key_row[votes.row[a:b]] * 3 + (1 - votes.value[a:b])) * n_cols + votes.col[a:b]
-        per += np.bincount(key, minlength=size)
-    per = per.reshape(m, -1).astype(np.float64)
-    rep = (w @ per).reshape(replicates, g1, 3, n_cols)[:, :, [0, 2, 1], :]
-    del per
+    rep = _replicate_counts(votes, stat_groups, g1, bucket, m, w)
 
     out: dict = {"replicates": int(replicates), "buckets": int(m)}
-    # --- statements
+    # --- statements (rep's categories: 0 agree, 1 pass, 2 disagree)
     grp = rep[:, 1:]  # (R, k, 3, n_cols)
-    a = grp[:, :, 0]
     s = grp.sum(axis=2)
-    rates = (a + 1.0) / (s + 2.0)
+    s += 2.0
+    rates = grp[:, :, 0] + 1.0
+    rates /= s
     gac = np.prod(rates, axis=1)
-    bridging = np.exp(np.log(rates).mean(axis=1))
+    np.log(rates, out=rates)
+    bridging = np.exp(rates.mean(axis=1))
     tot = rep.sum(axis=1)  # (R, 3, n_cols) all participants
     seen = tot.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.where(seen > 0, tot[:, 0] / np.where(seen > 0, seen, 1), point["agree_share"])
-    out["intervals"] = {
-        "gac": _interval(gac, point["gac"], level),
-        "bridging": _interval(bridging, point["bridging"], level),
-        "agree_share": _interval(share, point["agree_share"], level),
-    }
-    in_a, in_d = _consensus_members(tot[:, 0], tot[:, 1], seen, mod_out, consensus_max)
+    share = np.where(seen > 0, tot[:, 0] / np.where(seen > 0, seen, 1), point["agree_share"])
+    gac_iv, bridging_iv, share_iv = _intervals(
+        np.stack([gac, bridging, share]),
+        np.stack([point["gac"], point["bridging"], point["agree_share"]]),
+        level,
+    )
+    out["intervals"] = {"gac": gac_iv, "bridging": bridging_iv, "agree_share": share_iv}
+    in_a, in_d = _consensus_members(tot[:, 0], tot[:, 2], seen, mod_out, consensus_max)
     freq = np.where(
         consensus_direction > 0,
         in_a.mean(axis=0),
@@ -163,91 +390,25 @@ def bootstrap(
     if n_groups >= 1 and n_base:
         ic = np.flatnonzero(base_of_row >= 0)
         bk = bucket[ic] * n_base + base_of_row[ic]
-        cnt = np.bincount(bk, minlength=m * n_base).reshape(m, n_base).astype(np.float64)
-        sx = np.bincount(bk, weights=projections[ic, 0], minlength=m * n_base).reshape(m, n_base)
-        sy = np.bincount(bk, weights=projections[ic, 1], minlength=m * n_base).reshape(m, n_base)
-        bw, bx, by = w @ cnt, w @ sx, w @ sy  # (R, n_base)
-        sizes = cnt.sum(axis=0)
-        prev = [(g, base_ids[group_of_base == g].tolist()) for g in range(n_groups)]
-        same = np.zeros((replicates, n_base), dtype=bool)
-        # The replicates' k-means are independent: set them all up first, run those of the same
-        # shape together (_kmeans_batch gives each run exactly its polis_kmeans result), then
-        # finish each replicate in order.
-        setups: list = [None] * replicates
-        shapes: dict[tuple[int, int], list[int]] = {}
-        present_rb = bw > 0  # (R, n_base)
-        n_present = np.count_nonzero(present_rb, axis=1).tolist()
-        # Replicates where every base cluster is present: their points all at once (the same
-        # elementwise divisions as one replicate at a time).
-        full = np.flatnonzero(present_rb.all(axis=1))
-        full_pts = np.stack([bx[full], by[full]], axis=2) / bw[full][:, :, None]
-        full_at = {int(r): i for i, r in enumerate(full.tolist())}
-        for r in range(replicates):
-            if not n_present[r]:
-                continue
-            present = present_rb[r]
-            if r in full_at:
-                pts = full_pts[full_at[r]]
-                weights_r = bw[r]
-            else:
-                weights_r = bw[r, present]
-                pts = np.stack([bx[r, present], by[r, present]], axis=1) / weights_r[:, None]
-            keys = base_ids[present]
-            init = clean_start(pts, keys, n_groups, prev, weights=weights_r)
-            setups[r] = (present, pts, init)
-            if init is not None and init[0].size:
-                shapes.setdefault((pts.shape[0], init[0].size), []).append(r)
-        done: dict[int, Clustering] = {}
-        for (n_pts, k_r), rs in shapes.items():
-            if len(rs) < 2 or n_pts >= _BOUNDS_MIN_POINTS or n_pts * k_r > 262_144:
-                continue
-            res = _kmeans_batch(
-                np.stack([setups[r][1] for r in rs]),
-                np.stack([bw[r, setups[r][0]] for r in rs]),  # (present weights)
-                np.stack([setups[r][2][1] for r in rs]),
-                group_iters,
-            )
-            for r, one in zip(rs, res, strict=True):
-                if one is not None:
-                    done[r] = Clustering(setups[r][2][0], one[1], one[0])
-        for r in range(replicates):
-            if setups[r] is None:
-                continue
-            present, pts, init = setups[r]
-            if r in done:
-                cl = done[r]
-            elif init is None:
-                cl = polis_kmeans(pts, n_groups, group_iters, weights=bw[r, present])
-            else:
-                cl = polis_kmeans(
-                    pts,
-                    n_groups,
-                    group_iters,
-                    weights=bw[r, present],
-                    init_ids=init[0],
-                    init_centers=init[1],
-                )
-            if n_present[r] == n_base:
-                lab = cl.labels
-            else:
-                lab = np.empty(n_base, np.int64)
-                lab[present] = cl.labels
-            if n_present[r] < n_base:
-                d = ((base_centers[~present, None, :] - cl.centers[None, :, :]) ** 2).sum(axis=2)
-                lab[~present] = np.argmin(d, axis=1)
-            # integer-valued sizes: the sums are exact in any order (as np.add.at's)
-            ov = np.bincount(
-                lab * n_groups + group_of_base, weights=sizes, minlength=cl.ids.size * n_groups
-            ).reshape(cl.ids.size, n_groups)
-            mapped = match_ids(
-                ov, list(range(n_groups)), fresh_ids=list(range(n_groups, n_groups + cl.ids.size))
-            )
-            same[r] = np.asarray(mapped)[lab] == group_of_base
+        sums = np.empty((m, 3, n_base))
+        sums[:, 0] = np.bincount(bk, minlength=m * n_base).reshape(m, n_base)
+        sums[:, 1] = np.bincount(bk, weights=projections[ic, 0], minlength=m * n_base).reshape(
+            m, n_base
+        )
+        sums[:, 2] = np.bincount(bk, weights=projections[ic, 1], minlength=m * n_base).reshape(
+            m, n_base
+        )
+        bsum = (w @ sums.reshape(m, 3 * n_base)).reshape(replicates, 3, n_base)
+        bw, bx, by = bsum[:, 0], bsum[:, 1], bsum[:, 2]  # (R, n_base)
+        sizes = sums[:, 0].sum(axis=0)
+        same = _replicate_membership(
+            bw, bx, by, base_ids, base_centers, group_of_base, n_groups, sizes, group_iters
+        )
         base_freq = same.mean(axis=0)
         member_freq[ic] = base_freq[base_of_row[ic]]
-        for g in range(n_groups):
-            sel = group_of_base == g
-            group_freq[g] = float((base_freq[sel] * sizes[sel]).sum() / max(sizes[sel].sum(), 1))
+        num = np.bincount(group_of_base, weights=base_freq * sizes, minlength=n_groups)
+        den = np.bincount(group_of_base, weights=sizes, minlength=n_groups)
+        group_freq = num[:n_groups] / np.maximum(den[:n_groups], 1)
     out["member_frequency"] = member_freq
     out["group_frequency"] = group_freq
     return out

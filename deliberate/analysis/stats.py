@@ -153,32 +153,36 @@ def select_repness(
     n_groups = a.shape[0]
     ns_all = a + d + p
     out: list[list[dict]] = []
-    cols = np.flatnonzero(~mod_out).tolist()
+    cols_a = np.flatnonzero(~mod_out)
+    cols = cols_a.tolist()
+    a_tot, d_tot, ns_tot = a.sum(0), d.sum(0), ns_all.sum(0)
     for gi in range(n_groups):
         na, nd, ns = a[gi], d[gi], ns_all[gi]
-        NA, ND, NS = a.sum(0) - na, d.sum(0) - nd, ns_all.sum(0) - ns
-        st = {k: v.tolist() for k, v in _comment_stats(na, nd, ns, NA, ND, NS).items()}
-        pa, pat, ra, rat, rdt, pdt = st["pa"], st["pat"], st["ra"], st["rat"], st["rdt"], st["pdt"]
-        nal, ndl = st["na"], st["nd"]
-        sufficient: list[dict] = []
-        suff_j: list[int] = []
+        NA, ND, NS = a_tot - na, d_tot - nd, ns_tot - ns
+        sv = _comment_stats(na, nd, ns, NA, ND, NS)
+        st = {k: v.tolist() for k, v in sv.items()}
+        pa, pat, ra, rat, rdt = st["pa"], st["pat"], st["ra"], st["rat"], st["rdt"]
+        # sufficient statements, in column order (vectorised: the same comparisons)
+        suff_mask = ((sv["rat"] > Z90) & (sv["pat"] > Z90)) | (
+            (sv["rdt"] > Z90) & (sv["pdt"] > Z90)
+        )
+        suff_j = cols_a[suff_mask[cols_a]].tolist()
         best: dict | None = None
+        if not suff_j:
+            # no sufficient statement: the best by repness test, in column order (the
+            # comparison is against the float32 repness_test of the current best)
+            for j in cols:
+                if best is None or max(rat[j], rdt[j]) > best["repness_test"]:
+                    best = _finalize(j, st, statement_ids[j])
+        # beats-best-agree, over the statements with an agree or a disagree (column order)
+        p1 = (sv["ra"] * sv["rat"] * sv["pa"] * sv["pat"]).tolist()  # the same products
+        p2 = (sv["pa"] * sv["pat"]).tolist()
+        voted = cols_a[((na > 0) | (nd > 0))[cols_a]].tolist()
         best_agree: int | None = None
-        for j in cols:
-            if (rat[j] > Z90 and pat[j] > Z90) or (rdt[j] > Z90 and pdt[j] > Z90):
-                sufficient.append(_finalize(j, st, statement_ids[j]))
-                suff_j.append(j)
-            if not sufficient and (best is None or max(rat[j], rdt[j]) > best["repness_test"]):
-                best = _finalize(j, st, statement_ids[j])
-            # beats-best-agree?
-            if nal[j] == 0 and ndl[j] == 0:
-                continue
+        for j in voted:
             if best_agree is not None:
                 b = best_agree
-                if ra[b] > 1.0:
-                    win = ra[j] * rat[j] * pa[j] * pat[j] > ra[b] * rat[b] * pa[b] * pat[b]
-                else:
-                    win = pa[j] * pat[j] > pa[b] * pat[b]
+                win = p1[j] > p1[b] if ra[b] > 1.0 else p2[j] > p2[b]
             else:
                 win = pat[j] > Z90 or (ra[j] > 1.0 and pa[j] > 0.5)
             if win:
@@ -188,18 +192,31 @@ def select_repness(
                 dict(
                     _finalize(best_agree, st, statement_ids[best_agree]),
                     best_agree=True,
-                    n_agree=int(nal[best_agree]),
+                    n_agree=int(st["na"][best_agree]),
                 )
             ]
         elif best is not None:
             head = [best]
         else:
             head = []
-        if not sufficient:
+        if not suff_j:
             out.append(head)
             continue
-        rest = [e for e, j in zip(sufficient, suff_j, strict=True) if j != best_agree]
-        rest.sort(key=lambda e: -(e["repness"] * e["repness_test"] * e["p_success"] * e["p_test"]))
+        # the other sufficient statements by repness x repness_test x p_success x p_test,
+        # descending, stable (the same values as computed from the finalized entries)
+        agree_dir = sv["rat"] > sv["rdt"]
+        rt32 = np.where(agree_dir, sv["rat"], sv["rdt"]).astype(np.float32).astype(np.float64)
+        key = (
+            np.where(agree_dir, sv["ra"], sv["rd"])
+            * rt32
+            * np.where(agree_dir, sv["pa"], sv["pd"])
+            * np.where(agree_dir, sv["pat"], sv["pdt"])
+        )
+        rest_j = np.asarray([j for j in suff_j if j != best_agree], dtype=np.int64)
+        need = max_n - (1 if best_agree is not None else 0)
+        if rest_j.size:
+            rest_j = rest_j[np.argsort(-key[rest_j], kind="stable")][: max(need, 0)]
+        rest = [_finalize(j, st, statement_ids[j]) for j in rest_j.tolist()]
         chosen = ((head if best_agree is not None else []) + rest)[:max_n]
         chosen = [e for e in chosen if e["direction"] == "agree"] + [
             e for e in chosen if e["direction"] != "agree"

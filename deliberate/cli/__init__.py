@@ -16,6 +16,10 @@ def register_cli(app: Flask) -> None:
     for module in (accounts, demo, rounds, analysis, exports):
         for command in module.commands:
             app.cli.add_command(command)
+    from . import privacy
+
+    for command in privacy.commands:
+        app.cli.add_command(command)
 
 
 def _create_app():

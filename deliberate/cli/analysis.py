@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import sys
 import time
@@ -141,31 +142,135 @@ def import_polis_command(path: str, force: bool) -> None:
     )
 
 
-@click.command("worker")
-@click.option("--once", is_flag=True, help="Analyse what is pending now, then exit.")
-@with_appcontext
-def worker_command(once: bool) -> None:
-    """Run the analysis worker in the foreground (use with ANALYSIS_WORKER=off in the web app)."""
-    from ..worker import AnalysisWorker, pin_numeric_threads
-
-    pin_numeric_threads()
+def _log_to_stderr() -> None:
     if not logging.getLogger().handlers:
         logging.basicConfig(
-            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+            level=logging.INFO,
+            format="%(asctime)s %(levelname)s [%(process)d] %(name)s: %(message)s",
         )
-    worker = AnalysisWorker(current_app._get_current_object())
-    if once:
-        stored = worker.drain()
-        click.echo(f"Analysed {stored} round(s).")
-        return
+
+
+def _run_worker_loop(worker, parent_pid: int | None = None) -> None:
+    """Run the worker loop until SIGTERM or SIGINT (or, in a child, until its parent is gone)."""
+    import threading
 
     def _stop(signum, frame):  # noqa: ARG001
         worker.stop_event.set()
 
     signal.signal(signal.SIGTERM, _stop)
     signal.signal(signal.SIGINT, _stop)
-    click.echo(f"Analysis worker running (debounce {worker.debounce:g} s); Ctrl-C stops it.")
+    if parent_pid is not None:
+
+        def watch_parent() -> None:
+            # A child whose supervisor was killed (kill -9) stops instead of living on.
+            while not worker.stop_event.wait(1.0):
+                if os.getppid() != parent_pid:
+                    worker.stop_event.set()
+
+        threading.Thread(target=watch_parent, name="parent-watch", daemon=True).start()
     worker.run()
+
+
+def _worker_process(parent_pid: int) -> None:
+    """One worker process started by `deliberate worker --processes N` (a fresh interpreter)."""
+    from ..worker import AnalysisWorker, pin_numeric_threads
+
+    pin_numeric_threads()
+    _log_to_stderr()
+    from .. import create_app
+
+    app = create_app()
+    with app.app_context():
+        pass  # fail early on a broken configuration
+    _run_worker_loop(AnalysisWorker(app), parent_pid)
+
+
+def _supervise(processes: int) -> None:
+    """Start `processes` worker processes, restart any that dies, stop them all on a signal."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")  # fresh interpreters: numpy not yet loaded
+    stopping = {"now": False}
+
+    def _stop(signum, frame):  # noqa: ARG001
+        stopping["now"] = True
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log = logging.getLogger("deliberate.worker")
+
+    def start(slot: int):
+        child = context.Process(
+            target=_worker_process, args=(os.getpid(),), name=f"deliberate-worker-{slot}"
+        )
+        child.start()
+        return child, time.monotonic()
+
+    children = [start(slot) for slot in range(processes)]
+    click.echo(
+        f"Analysis worker: {processes} processes ({', '.join(str(c.pid) for c, _ in children)})."
+    )
+    try:
+        while not stopping["now"]:
+            time.sleep(0.5)
+            for slot, (child, started) in enumerate(children):
+                if child.is_alive() or stopping["now"]:
+                    continue
+                if time.monotonic() - started < 2.0:
+                    continue  # one that dies at once is restarted at most every 2 s
+                log.warning(
+                    "worker process %s exited with status %s; starting another",
+                    child.pid,
+                    child.exitcode,
+                )
+                children[slot] = start(slot)
+    finally:
+        for child, _ in children:
+            if child.is_alive():
+                child.terminate()  # SIGTERM: the current round finishes, its claim is released
+        deadline = time.monotonic() + 30.0
+        for child, _ in children:
+            child.join(max(0.0, deadline - time.monotonic()))
+            if child.is_alive():
+                child.kill()
+                child.join()
+
+
+@click.command("worker")
+@click.option("--once", is_flag=True, help="Analyse what is pending now, then exit.")
+@click.option(
+    "--processes",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes to run (each analyses one round at a time; they share the rounds).",
+)
+@with_appcontext
+def worker_command(once: bool, processes: int) -> None:
+    """Run the analysis worker in the foreground (use with ANALYSIS_WORKER=off in the web app).
+
+    Several workers, on this machine or others, may run against the same database: each claims
+    a round before analysing it, so no round is analysed twice at once, and the round of a
+    worker that dies is taken over once its claim lapses (ANALYSIS_LEASE_SECONDS).
+    """
+    from ..worker import AnalysisWorker, pin_numeric_threads
+
+    pin_numeric_threads()
+    _log_to_stderr()
+    if once:
+        worker = AnalysisWorker(current_app._get_current_object())
+        stored = worker.drain()
+        click.echo(f"Analysed {stored} round(s).")
+        return
+    if processes > 1:
+        _supervise(processes)
+        return
+    worker = AnalysisWorker(current_app._get_current_object())
+    click.echo(
+        f"Analysis worker running (debounce {worker.debounce:g} s, lease "
+        f"{worker.lease_seconds:g} s, owner {worker.owner}); Ctrl-C stops it."
+    )
+    _run_worker_loop(worker)
 
 
 @click.command("snapshot")

@@ -206,7 +206,7 @@ def create_user(
     if actor is not None and role_value == Role.ADMIN and actor.role != Role.ADMIN:
         raise NotAllowed("Only an admin can create admin accounts.")
     if password is not None:
-        check_password_rules(password, email=address)
+        check_password_rules(password, email=address, name=clean)
     org = _resolve_organisation(organisation)
     if db.session.scalar(select(User.id).where(User.email == address)) is not None:
         raise Conflict(f"There is already an account with the email address {address}.")
@@ -253,6 +253,8 @@ def set_active(actor: User | None, user_id: int, active: bool) -> User:
     active = bool(active)
     if user.active == active:
         return user
+    if active and user.erased_at is not None:
+        raise Conflict("This account was erased: invite the person again to make a new one.")
     if not active:
         if admin is not None and admin.id == user.id:
             raise Conflict("You cannot deactivate your own account.")
@@ -275,7 +277,7 @@ def change_password(user: User, current_password: str, new_password: str) -> Use
         raise NotAllowed("Please log in first.")
     if not verify_password(user.password_hash, current_password or ""):
         raise WrongPassword("Your current password is not right.")
-    check_password_rules(new_password, email=user.email)
+    check_password_rules(new_password, email=user.email, name=user.name)
     if verify_password(user.password_hash, new_password):
         raise ValidationError("Choose a password different from your current one.")
     user.password_hash = hash_password(new_password)
@@ -293,12 +295,20 @@ def logout_everywhere(user: User) -> User:
     return user
 
 
+def _not_a_pseudonym():
+    """Leave out the stand-ins a retention purge made for a round's former participants."""
+    from .personal_data import PSEUDONYM_DOMAIN
+
+    return User.email.not_like(f"%@{PSEUDONYM_DOMAIN}")
+
+
 def list_people(actor: User, organisation_id: int | None = None) -> list[User]:
     """Return people by name, optionally of one organisation (facilitators and admins)."""
     require_facilitator(actor)
     query = (
         select(User)
         .options(selectinload(User.organisation))
+        .where(_not_a_pseudonym())
         .order_by(func.lower(User.name), User.id)
     )
     if organisation_id is not None:
@@ -325,7 +335,7 @@ def count_members_by_organisation(actor: User) -> dict[int, int]:
     require_facilitator(actor)
     rows = db.session.execute(
         select(User.organisation_id, func.count())
-        .where(User.organisation_id.is_not(None))
+        .where(User.organisation_id.is_not(None), _not_a_pseudonym())
         .group_by(User.organisation_id)
     ).all()
     return {org_id: int(n) for org_id, n in rows}

@@ -411,7 +411,7 @@ def accept_invitation(token: str, password: str, name: str | None = None) -> Use
     """Set the invited person's first password (and name) and use up the link."""
     invitation = find_invitation(token, INVITE)
     user = invitation.user
-    check_password_rules(password, email=user.email)
+    check_password_rules(password, email=user.email, name=name or user.name)
     clean = clean_name(name) if name is not None and name.strip() else None
     _claim(invitation)
     if user.password_hash is not None:
@@ -436,6 +436,8 @@ def issue_password_reset(
         raise NotFound("No such person.")
     if actor is not None and user.role == Role.ADMIN and actor.role != Role.ADMIN:
         raise NotAllowed("Only an admin can reset an admin's password.")
+    if user.erased_at is not None:
+        raise Conflict("This account was erased: invite the person again to make a new one.")
     if not user.active:
         raise Conflict("This account is deactivated: reactivate it first.")
     _close_open_links(user.id, RESET)
@@ -460,7 +462,7 @@ def reset_password(token: str, new_password: str) -> User:
     """Set a new password through a reset link; every existing session of the person ends."""
     invitation = find_invitation(token, RESET)
     user = invitation.user
-    check_password_rules(new_password, email=user.email)
+    check_password_rules(new_password, email=user.email, name=user.name)
     _claim(invitation)
     user.password_hash = hash_password(new_password)
     user.auth_version = (user.auth_version or 1) + 1

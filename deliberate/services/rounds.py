@@ -63,6 +63,7 @@ SETTINGS = (
     "opens_at",
     "closes_at",
     "organisation_ids",
+    "retention_days",
 )
 
 SETTING_LABELS = {
@@ -431,6 +432,10 @@ def _clean_settings(settings: dict) -> dict:
             if found != set(ids):
                 raise ValidationError("Unknown organisation.")
         clean["organisation_ids"] = ids
+    if "retention_days" in settings:
+        from .personal_data import clean_retention_days
+
+        clean["retention_days"] = clean_retention_days(settings["retention_days"])
     unknown = set(settings) - set(SETTINGS)
     if unknown:
         raise ValidationError(f"Unknown setting: {', '.join(sorted(unknown))}.")
@@ -469,6 +474,7 @@ def create_round(
     opens_at: datetime | None = None,
     closes_at: datetime | None = None,
     organisation_ids: Iterable[int] = (),
+    retention_days: int | None = None,
 ) -> Round:
     """Create a draft round (facilitators)."""
     user = require_facilitator(actor)
@@ -484,6 +490,7 @@ def create_round(
             "opens_at": opens_at,
             "closes_at": closes_at,
             "organisation_ids": list(organisation_ids or ()),
+            "retention_days": retention_days,
         }
     )
     _check_times(clean["opens_at"], clean["closes_at"])
@@ -520,12 +527,15 @@ def update_round(actor: User | None, round_id: int, **settings) -> Round:
     """Change a round's settings; refuse changes to vote-defining settings once votes exist."""
     user = require_facilitator(actor)
     round_ = _load(round_id)
-    if round_.state == RoundState.PUBLISHED:
-        raise Conflict("This round is published; its settings can no longer change.")
     clean = _clean_settings(settings)
     changed = {k: v for k, v in clean.items() if _current(round_, k) != v}
+    # The retention period may still change once the round is published (until the purge).
+    if round_.state == RoundState.PUBLISHED and set(changed) - {"retention_days"}:
+        raise Conflict("This round is published; its settings can no longer change.")
     if not changed:
         return round_
+    if "retention_days" in changed and round_.personal_data_purged_at is not None:
+        raise Conflict("This round's personal data was already deleted; nothing left to keep.")
     _check_times(
         changed.get("opens_at", round_.opens_at), changed.get("closes_at", round_.closes_at)
     )

@@ -22,8 +22,9 @@ import threading
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 
 from ..extensions import db
 from ..models import Round, Snapshot, Statement, Vote
@@ -34,7 +35,7 @@ META_PRIORITY = 7.0
 _CACHE_SIZE = 256
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RoutingWeights:
     """The routing weights of one snapshot."""
 
@@ -45,35 +46,42 @@ class RoutingWeights:
 
     def weight(self, statement: Statement) -> float:
         """Return the statement's weight: its priority, or the prior when it has none."""
-        value = self.priorities.get(str(statement.id))
-        if value is None or not value > 0:
+        value = self._by_id.get(statement.id)
+        if value is None:
             return self.meta if statement.is_meta else self.unseen
-        return float(value)
+        return value
+
+    @cached_property
+    def _by_id(self) -> dict[int, float]:
+        # The usable priorities by integer id, made once per snapshot (the JSON keys are text).
+        out = {}
+        for key, value in self.priorities.items():
+            if value is not None and value > 0 and str(key).isdigit():
+                out[int(key)] = float(value)
+        return out
 
 
-_cache: OrderedDict[tuple[str, int], RoutingWeights] = OrderedDict()
+_cache: OrderedDict[tuple[object, int], RoutingWeights] = OrderedDict()
 _cache_lock = threading.Lock()
 
 
-def _cache_key(round_id: int) -> tuple[str, int]:
-    # Keyed by database too: tests (and some deployments) run several apps in one process.
-    return (str(db.engine.url), round_id)
+_LATEST_SNAPSHOT = select(func.max(Snapshot.id)).where(Snapshot.round_id == bindparam("round_id"))
 
 
 def routing_weights(round_id: int) -> RoutingWeights | None:
     """Return the routing weights of the round's latest snapshot, or None without one."""
-    snapshot_id = db.session.scalar(
-        select(func.max(Snapshot.id)).where(Snapshot.round_id == round_id)
-    )
+    conn = db.session.connection()
+    snapshot_id = conn.scalar(_LATEST_SNAPSHOT, {"round_id": round_id})
     if snapshot_id is None:
         return None
-    key = _cache_key(round_id)
+    # Keyed by database too: tests (and some deployments) run several apps in one process.
+    key = (conn.engine.url, round_id)
     with _cache_lock:
         cached = _cache.get(key)
         if cached is not None and cached.snapshot_id == snapshot_id:
             _cache.move_to_end(key)
             return cached
-    row = db.session.execute(
+    row = conn.execute(
         select(Snapshot.priorities, Snapshot.params).where(Snapshot.id == snapshot_id)
     ).first()
     if row is None:  # pruned between the two queries: the next call sees the newer one

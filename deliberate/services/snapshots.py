@@ -14,7 +14,19 @@ engine's state (the next run continues from it), the parameters and two watermar
 `refresh_snapshot` reads everything it needs in one read-only transaction that never takes the
 write lock (SQLite WAL readers do not block the writer), closes it, computes with no database
 transaction open, then stores the snapshot in one short write transaction. Voting is never
-blocked by an analysis, and a failed analysis leaves the previous snapshot in place.
+blocked by an analysis, and a failed analysis leaves the previous snapshot in place. The store
+refuses a result older than the stored one: if another worker stored a snapshot at least as
+recent (by vote watermark) while this one computed, the result is dropped.
+
+Several workers (threads of several web processes, `deliberate worker` processes, on one
+database) share the rounds through claims, one row per round in `analysis_leases`:
+`claim_analysis` takes a round for one owner until a lease expires (PostgreSQL: the row is
+locked with SELECT ... FOR UPDATE SKIP LOCKED, so a contended claim is skipped, never waited
+for; SQLite: the conditional UPDATE runs under BEGIN IMMEDIATE, the database's write lock);
+`renew_analysis` extends it while a long computation runs; `release_analysis` gives it back
+after storing, optionally holding the round for a while (the debounce, or the back-off after a
+failure) so that no other worker analyses it again at once. A killed worker's claim simply
+lapses when its lease expires, and the next worker takes the round over.
 
 numpy and the analysis engine are imported lazily, so that web and CLI processes that never
 run an analysis (and `deliberate worker`, which pins BLAS threads first) do not load them early.
@@ -33,14 +45,16 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from flask import current_app
-from sqlalchemy import delete, select
+from sqlalchemy import and_, delete, or_, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import defer
 
 from ..extensions import db
-from ..models import Round, RoundState, Snapshot, StatementState
+from ..models import AnalysisLease, Round, RoundState, Snapshot, StatementState, utcnow
 from .errors import NotFound
 
 log = logging.getLogger(__name__)
@@ -74,6 +88,8 @@ class RoundInputs:
     accepted: frozenset[int]
     statement_ids: list[int]  # every statement that is not rejected (with or without votes)
     organisation_of: dict[int, int] | None
+    # When the round's personal data was purged (retention), as read; see `_store`.
+    purged_at: datetime | None = None
 
     @property
     def n_votes(self) -> int:
@@ -174,8 +190,11 @@ def _load_votes(cursor: Any, ph: str, round_id: int) -> tuple[Any, Any, Any]:
 def _read_inputs(round_id: int, *, force: bool) -> RoundInputs | None:
     """Read what the analysis of a round needs; None when its snapshot is already current."""
     with _read_cursor() as (cursor, ph):
-        cursor.execute(f"SELECT id FROM rounds WHERE id = {ph}", (round_id,))
-        if cursor.fetchone() is None:
+        cursor.execute(
+            f"SELECT id, personal_data_purged_at FROM rounds WHERE id = {ph}", (round_id,)
+        )
+        round_row = cursor.fetchone()
+        if round_row is None:
             raise NotFound("No such round.")
         cursor.execute(
             f"SELECT max(id) FROM vote_events WHERE round_id = {ph}",
@@ -233,6 +252,7 @@ def _read_inputs(round_id: int, *, force: bool) -> RoundInputs | None:
         accepted=accepted,
         statement_ids=[s for s, st, _ in statements if st != StatementState.REJECTED],
         organisation_of=organisation_of,
+        purged_at=_as_utc(round_row[1]),
     )
 
 
@@ -302,9 +322,15 @@ def _store(
     """Store the snapshot and prune old ones in one short transaction."""
     round_id = inputs.round_id
     try:
+        query = select(Round.personal_data_purged_at).where(Round.id == round_id)
         if db.engine.dialect.name == "postgresql":
-            # Serialise concurrent workers storing a snapshot of the same round.
-            db.session.execute(select(Round.id).where(Round.id == round_id).with_for_update())
+            # Serialise concurrent workers (and a retention purge) writing the same round.
+            query = query.with_for_update()
+        if db.session.execute(query).scalar_one_or_none() != inputs.purged_at:
+            # The round's personal data was purged while we computed: this result still names
+            # the people; the purge rewrote the stored snapshot, and the next pass recomputes.
+            db.session.rollback()
+            return None
         latest = db.session.execute(
             select(Snapshot.id, Snapshot.vote_watermark, Snapshot.moderation_watermark)
             .where(Snapshot.round_id == round_id)
@@ -352,6 +378,151 @@ def _store(
 
 
 # ---------------------------------------------------------------------------------------------
+# Claims: which worker analyses a round (see the module docstring)
+
+_LEASES = AnalysisLease.__table__
+
+
+def _as_utc(value: Any) -> datetime | None:
+    """A timestamp read through the raw driver as an aware UTC datetime (SQLite gives text)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _insert_lease_row(round_id: int, now: datetime) -> None:
+    """Create the round's lease row unless it exists (concurrent inserts are harmless)."""
+    if db.engine.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    else:
+        from sqlalchemy.dialects.sqlite import insert
+    db.session.execute(
+        insert(_LEASES)
+        .values(round_id=round_id, owner=None, leased_until=None, attempts=0, updated_at=now)
+        .on_conflict_do_nothing(index_elements=["round_id"])
+    )
+
+
+def claim_analysis(
+    round_id: int, owner: str, lease_seconds: float, *, respect_hold: bool = True
+) -> bool:
+    """Claim the round's analysis for `owner` for `lease_seconds`; return whether it is ours.
+
+    The claim is free when nobody holds it or the holder's lease expired (a killed worker);
+    the owner's own claim is renewed. A round released with a hold (`release_analysis`) stays
+    unclaimable until the hold ends, unless `respect_hold` is False (a drain). Never waits for
+    another worker: a claim being taken at the same moment counts as taken.
+    """
+    now = utcnow()
+    free = or_(
+        _LEASES.c.leased_until.is_(None),
+        _LEASES.c.leased_until <= now,
+        _LEASES.c.owner == owner,
+    )
+    if not respect_hold:
+        free = or_(free, _LEASES.c.owner.is_(None))
+    condition = and_(_LEASES.c.round_id == round_id, free)
+    try:
+        _insert_lease_row(round_id, now)
+        if db.engine.dialect.name == "postgresql":
+            # Lock the row if it is free; a row another worker is claiming right now is skipped.
+            locked = db.session.execute(
+                select(_LEASES.c.round_id).where(condition).with_for_update(skip_locked=True)
+            ).first()
+            if locked is None:
+                db.session.rollback()
+                return False
+        # SQLite: this transaction began with BEGIN IMMEDIATE, so the check and the update are
+        # one atomic step under the database's write lock.
+        taken = db.session.execute(
+            update(_LEASES)
+            .where(condition)
+            .values(
+                owner=owner,
+                leased_until=now + timedelta(seconds=lease_seconds),
+                attempts=_LEASES.c.attempts + 1,
+                updated_at=now,
+            )
+        ).rowcount
+        db.session.commit()
+    except IntegrityError:  # the round was deleted meanwhile
+        db.session.rollback()
+        return False
+    except Exception:
+        db.session.rollback()
+        raise
+    return taken == 1
+
+
+def renew_analysis(round_id: int, owner: str, lease_seconds: float) -> bool:
+    """Extend the owner's claim to `lease_seconds` from now; False when it is no longer ours."""
+    now = utcnow()
+    try:
+        renewed = db.session.execute(
+            update(_LEASES)
+            .where(_LEASES.c.round_id == round_id, _LEASES.c.owner == owner)
+            .values(leased_until=now + timedelta(seconds=lease_seconds), updated_at=now)
+        ).rowcount
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    return renewed == 1
+
+
+def release_analysis(
+    round_id: int, owner: str, *, hold_seconds: float = 0.0, succeeded: bool = True
+) -> bool:
+    """Give the owner's claim back; keep others off the round for `hold_seconds`.
+
+    `succeeded` resets the attempt count (claims taken without a successful release, for
+    example by workers killed while computing). Returns False when the claim was no longer
+    the owner's (it lapsed and another worker took it).
+    """
+    now = utcnow()
+    values: dict[str, Any] = {
+        "owner": None,
+        "leased_until": now + timedelta(seconds=hold_seconds) if hold_seconds > 0 else None,
+        "updated_at": now,
+    }
+    if succeeded:
+        values["attempts"] = 0
+    try:
+        released = db.session.execute(
+            update(_LEASES)
+            .where(_LEASES.c.round_id == round_id, _LEASES.c.owner == owner)
+            .values(**values)
+        ).rowcount
+        db.session.commit()
+    except Exception:
+        db.session.rollback()
+        raise
+    return released == 1
+
+
+@dataclass(frozen=True)
+class LeaseInfo:
+    """A round's claim as stored: who holds it, until when, how many unfinished claims."""
+
+    round_id: int
+    owner: str | None
+    leased_until: datetime | None
+    attempts: int
+
+
+def analysis_leases() -> list[LeaseInfo]:
+    """Return every round's claim (for operators and tests), read without the write lock."""
+    with _read_cursor() as (cursor, _ph):
+        cursor.execute(
+            "SELECT round_id, owner, leased_until, attempts FROM analysis_leases ORDER BY round_id"
+        )
+        rows = cursor.fetchall()
+    return [LeaseInfo(r, o, _as_utc(u), int(a or 0)) for r, o, u, a in rows]
+
+
+# ---------------------------------------------------------------------------------------------
 # Public functions
 
 
@@ -366,6 +537,12 @@ def refresh_snapshot(round_id: int, *, force: bool = False) -> Snapshot | None:
     if inputs is None:
         return None
     params = analysis_params()
+    log.info(
+        "analysing round %s: %d votes, watermark %d",
+        round_id,
+        inputs.n_votes,
+        inputs.vote_watermark,
+    )
     started = time.perf_counter()
     try:
         result, state, priorities = _compute(inputs, params)
@@ -400,17 +577,27 @@ def latest_snapshot(round_id: int) -> Snapshot | None:
     )
 
 
-def rounds_needing_analysis() -> list[int]:
-    """Return the ids of rounds (not drafts) whose votes or moderation moved past their snapshot."""
+def rounds_needing_analysis(*, skip_claimed: bool = False) -> list[int]:
+    """Return the ids of rounds (not drafts) whose votes or moderation moved past their snapshot.
+
+    With `skip_claimed`, leave out rounds whose claim is live (another worker computes them,
+    or holds them after its last snapshot): a worker then does not try to claim them in vain.
+    """
+    now = utcnow()
     with _read_cursor() as (cursor, ph):
         cursor.execute(
             "SELECT r.id,"
             " (SELECT max(e.id) FROM vote_events e WHERE e.round_id = r.id),"
-            " (SELECT max(s.id) FROM snapshots s WHERE s.round_id = r.id)"
+            " (SELECT max(s.id) FROM snapshots s WHERE s.round_id = r.id),"
+            " (SELECT l.leased_until FROM analysis_leases l WHERE l.round_id = r.id)"
             f" FROM rounds r WHERE r.state != {ph} ORDER BY r.id",
             (RoundState.DRAFT.value,),
         )
-        rounds = [(r, int(w or 0), s) for r, w, s in cursor.fetchall()]
+        rounds = [
+            (r, int(w or 0), s)
+            for r, w, s, until in cursor.fetchall()
+            if not (skip_claimed and until is not None and _as_utc(until) > now)
+        ]
         with_votes = [(r, w, s) for r, w, s in rounds if w > 0]
         snapshot_ids = [s for _, _, s in with_votes if s is not None]
         latest: dict[int, tuple[int, int]] = {}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from flask import Flask, redirect, request, url_for
 from flask_login import current_user
+from sqlalchemy import bindparam, inspect, select
+from sqlalchemy.orm import make_transient_to_detached
+from sqlalchemy.orm.util import identity_key
 from werkzeug.routing import IntegerConverter
 
 from ..database import set_write_intent
@@ -11,6 +14,22 @@ from ..extensions import db, login_manager
 from ..models import MAX_ID, User
 from .errors import init_error_handlers
 from .rendering import init_template_helpers
+
+_USER_ATTRIBUTES = [(prop.key, prop.columns[0]) for prop in inspect(User).column_attrs]
+_USER_ROW = select(*(column for _, column in _USER_ATTRIBUTES)).where(
+    inspect(User).primary_key[0] == bindparam("user_id")
+)
+
+
+def _user_from_row(row) -> User:
+    """Put a loaded users row into the session as a User, without the ORM query machinery
+    (the user is loaded on every request: this costs a fraction of session.get)."""
+    user = inspect(User).class_manager.new_instance()
+    for (key, _), value in zip(_USER_ATTRIBUTES, row, strict=True):
+        setattr(user, key, value)
+    make_transient_to_detached(user)  # as if just loaded: no pending changes
+    db.session.add(user)
+    return user
 
 
 @login_manager.user_loader
@@ -20,7 +39,13 @@ def _load_user(session_id: str) -> User | None:
         user_id, version = (int(part) for part in session_id.split(":", 1))
     except (ValueError, AttributeError):
         return None
-    user = db.session.get(User, user_id)
+    if not 0 < user_id <= MAX_ID:
+        return None
+    if identity_key(User, user_id) in db.session.identity_map:
+        user = db.session.get(User, user_id)  # already in this session (tests, CLI)
+    else:
+        row = db.session.connection().execute(_USER_ROW, {"user_id": user_id}).first()
+        user = None if row is None else _user_from_row(row)
     if user is None or user.auth_version != version or not user.is_active:
         return None
     return user
@@ -53,6 +78,15 @@ def init_web(app: Flask) -> None:
     app.register_blueprint(report.bp)
     app.register_blueprint(rounds_over_time.bp)  # url_prefix /facilitate
     app.register_blueprint(exports.bp)
+    # The JSON API for integrations, its OpenAPI document and reference page, API tokens.
+    from . import api_v1, openapi, tokens
+
+    app.register_blueprint(api_v1.bp, url_prefix="/api/v1")
+    app.register_blueprint(openapi.bp, url_prefix="/api")
+    app.register_blueprint(tokens.bp)
+    from . import account
+
+    app.register_blueprint(account.bp)  # /account/data, /account/erase, people/<id>/erase
 
     @app.get("/")
     def index():

@@ -11,12 +11,12 @@ from functools import wraps
 from flask import Blueprint, jsonify, request
 from flask_login import current_user
 
-from ..extensions import limiter
+from ..database import set_write_intent
+from ..ratelimit import vote_limits
 from ..services import voting
 from ..services.errors import ValidationError
 from .decorators import actor
 from .errors import error_response
-from .member import VOTE_RATE_LIMIT, user_rate_key
 
 bp = Blueprint("api", __name__)
 
@@ -28,6 +28,21 @@ def api_login_required(view):
     def wrapped(*args, **kwargs):
         if not current_user.is_authenticated:
             return error_response(401, "Unauthorized", "Please log in first.")
+        return view(*args, **kwargs)
+
+    return wrapped
+
+
+def reads_first(view):
+    """Begin the request's transactions as reads (on SQLite a plain BEGIN, no write lock).
+
+    For views whose service takes the write lock itself, for its write only
+    (voting.vote_and_advance): loading the user and other reads then never wait for it.
+    """
+
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        set_write_intent(False)  # web/__init__.py resets it after the request
         return view(*args, **kwargs)
 
     return wrapped
@@ -60,8 +75,9 @@ def _read_vote_body() -> tuple[int, int]:
 
 
 @bp.post("/rounds/<int:round_id>/votes")
+@vote_limits()  # above the login check: the counters are written before the vote's transaction
+@reads_first
 @api_login_required
-@limiter.limit(VOTE_RATE_LIMIT, key_func=user_rate_key)
 def cast_vote(round_id: int):
     """Record a vote and answer with the member's progress and the next statement."""
     statement_id, value = _read_vote_body()

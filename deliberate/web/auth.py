@@ -11,7 +11,7 @@ from werkzeug.routing import BuildError
 from wtforms import EmailField, PasswordField, StringField, SubmitField
 from wtforms.validators import DataRequired, EqualTo, Length
 
-from ..extensions import limiter
+from ..ratelimit import invitation_limits, login_limits
 from ..services import accounts, invitations
 from ..services.errors import DomainError, InvalidToken
 from ..services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
@@ -19,19 +19,12 @@ from .decorators import actor
 
 bp = Blueprint("auth", __name__)
 
-LOGIN_LIMIT = "10 per minute; 50 per hour"
 PASSWORD_HINT = f"At least {MIN_PASSWORD_LENGTH} characters. A few unrelated words work well."
 
 
 @bp.context_processor
 def _template_values() -> dict:
     return {"password_hint": PASSWORD_HINT}
-
-
-def _submitted_email() -> str:
-    """Key the per-account login limit on the email address typed in, lower-cased."""
-    email = (request.form.get("email") or "").strip().lower()[:254]
-    return f"login-account:{email}"
 
 
 class LoginForm(FlaskForm):
@@ -113,8 +106,7 @@ def _apply_errors(form: FlaskForm, error: DomainError, field: str) -> None:
 
 
 @bp.route("/login", methods=["GET", "POST"])
-@limiter.limit(LOGIN_LIMIT, methods=["POST"])
-@limiter.limit(LOGIN_LIMIT, methods=["POST"], key_func=_submitted_email)
+@login_limits()
 def login():
     """Log in with email and password."""
     target = safe_next(request.values.get("next"))
@@ -147,7 +139,7 @@ def logout():
 
 
 @bp.route("/invite/<token>", methods=["GET", "POST"])
-@limiter.limit(LOGIN_LIMIT, methods=["POST"])
+@invitation_limits("invite")
 def accept_invitation(token: str):
     """Accept an invitation: choose a password, then go to the round."""
     invitation = invitations.find_invitation(token, invitations.INVITE)
@@ -174,7 +166,7 @@ def accept_invitation(token: str):
 
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
-@limiter.limit(LOGIN_LIMIT, methods=["POST"])
+@invitation_limits("reset")
 def reset_password(token: str):
     """Choose a new password through a reset link."""
     invitation = invitations.find_invitation(token, invitations.RESET)

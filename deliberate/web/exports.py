@@ -18,14 +18,13 @@ from flask import (
     stream_with_context,
     url_for,
 )
-from flask_login import current_user
 from flask_wtf import FlaskForm
 from markupsafe import Markup
 from wtforms import BooleanField
 from wtforms.validators import DataRequired
 
 from ..database import set_write_intent
-from ..extensions import limiter
+from ..ratelimit import export_limits
 from ..services import board_paper as board_paper_service
 from ..services import exports as exports_service
 from ..services import opinion_map
@@ -34,7 +33,6 @@ from .decorators import actor, roles_required
 
 bp = Blueprint("exports", __name__)
 
-EXPORT_RATE_LIMIT = "30 per minute"
 report_readers = roles_required("facilitator", "leadership")
 facilitator_only = roles_required("facilitator")
 
@@ -49,16 +47,10 @@ CSV_DESCRIPTIONS = {
 }
 
 
-def _rate_key() -> str:
-    """Rate-limit per user when logged in, per address otherwise."""
-    from flask import request
-
-    if current_user.is_authenticated:
-        return f"user:{current_user.id}"
-    return f"addr:{request.remote_addr}"
-
-
-export_limit = limiter.shared_limit(EXPORT_RATE_LIMIT, scope="exports", key_func=_rate_key)
+# Every download shares one limit per user and one per address (RATELIMIT_EXPORT and
+# RATELIMIT_EXPORT_PER_ADDRESS). It goes above the role decorators: it must count before the
+# request's transaction begins (deliberate/ratelimit.py says why).
+export_limit = export_limits()
 
 
 @bp.before_request
@@ -99,8 +91,8 @@ def exports_page(round_id: int):
 
 
 @bp.get("/rounds/<int:round_id>/export/<name>.csv")
-@report_readers
 @export_limit
+@report_readers
 def export_csv(round_id: int, name: str):
     """Stream one Pol.is-format CSV file of the round."""
     filename = f"{name}.csv"
@@ -113,8 +105,8 @@ def export_csv(round_id: int, name: str):
 
 
 @bp.get("/rounds/<int:round_id>/export/all.zip")
-@report_readers
 @export_limit
+@report_readers
 def export_zip(round_id: int):
     """Stream a zip of every Pol.is-format CSV file of the round."""
     chunks = exports_service.export_zip(actor(), round_id)
@@ -126,8 +118,8 @@ def export_zip(round_id: int):
 
 
 @bp.post("/rounds/<int:round_id>/export/identities")
-@facilitator_only
 @export_limit
+@facilitator_only
 def export_identities(round_id: int):
     """Stream the zip with participants' identities, once a facilitator confirms (logged)."""
     exports_service.check_export(actor(), round_id, identities=True)
@@ -146,8 +138,8 @@ def export_identities(round_id: int):
 
 
 @bp.get("/rounds/<int:round_id>/export/snapshot.json")
-@report_readers
 @export_limit
+@report_readers
 def export_json(round_id: int):
     """Download the latest analysis snapshot with its parameters, pseudonymised."""
     data = exports_service.export_json(actor(), round_id)
@@ -159,8 +151,8 @@ def export_json(round_id: int):
 
 
 @bp.get("/rounds/<int:round_id>/board-paper")
-@report_readers
 @export_limit
+@report_readers
 def board_paper(round_id: int):
     """Show the print-ready board paper."""
     paper = board_paper_service.board_paper_page(actor(), round_id)
@@ -180,8 +172,8 @@ def board_paper(round_id: int):
 
 
 @bp.get("/rounds/<int:round_id>/board-paper.md")
-@report_readers
 @export_limit
+@report_readers
 def board_paper_markdown(round_id: int):
     """Download the board paper as Markdown."""
     text = board_paper_service.board_paper_markdown(actor(), round_id)
@@ -193,8 +185,8 @@ def board_paper_markdown(round_id: int):
 
 
 @bp.get("/rounds/<int:round_id>/board-paper.pdf")
-@report_readers
 @export_limit
+@report_readers
 def board_paper_pdf(round_id: int):
     """Download the board paper as a PDF."""
     data = board_paper_service.board_paper_pdf(actor(), round_id)

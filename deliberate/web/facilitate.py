@@ -30,6 +30,7 @@ except ImportError:  # pragma: no cover - older WTForms
 from ..models import RoundState
 from ..services import accounts as accounts_service
 from ..services import audit as audit_service
+from ..services import personal_data as personal_data_service
 from ..services import rounds as rounds_service
 from ..services import statements as statements_service
 from ..services.errors import Conflict, DomainError, ValidationError
@@ -98,6 +99,10 @@ class RoundForm(FlaskForm):
         "Closes at (UTC)", format=DATETIME_FORMAT, validators=[Optional()]
     )
     organisation_ids = MultiCheckboxField("Organisations taking part", coerce=int, choices=[])
+    retention_days = IntegerField(
+        "Delete personal data this many days after the round closes",
+        validators=[Optional()],
+    )
 
     def settings(self) -> dict:
         """Return the form's values as service settings (times as UTC)."""
@@ -112,6 +117,7 @@ class RoundForm(FlaskForm):
             "opens_at": _utc(self.opens_at.data),
             "closes_at": _utc(self.closes_at.data),
             "organisation_ids": list(self.organisation_ids.data or ()),
+            "retention_days": self.retention_days.data,
         }
 
 
@@ -220,6 +226,7 @@ def _render_round(round_id: int, seed_form: SeedForm | None = None, status: int 
             locked=rounds_service.LOCKED_ONCE_VOTED if overview.has_votes else (),
             labels=dict(MODERATION_CHOICES + RESULTS_CHOICES + AUTHOR_CHOICES),
             now_utc=datetime.now(UTC),
+            purge_due=personal_data_service.purge_due_at(overview.round),
         ),
         status,
     )

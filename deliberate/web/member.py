@@ -7,12 +7,11 @@ enhances the vote form to use the JSON API in web/api.py.
 from __future__ import annotations
 
 from flask import Blueprint, flash, redirect, render_template, request, url_for
-from flask_login import current_user
 from flask_wtf import FlaskForm
 from wtforms import HiddenField, IntegerField, TextAreaField
 from wtforms.validators import InputRequired, Optional
 
-from ..extensions import limiter
+from ..ratelimit import account_key, configured, statement_limits, vote_limits
 from ..services import statements as statements_service
 from ..services import voting
 from ..services.errors import DomainError
@@ -21,15 +20,11 @@ from .decorators import actor, login_required
 bp = Blueprint("member", __name__)
 
 
-def user_rate_key() -> str:
-    """Rate-limit per member when logged in, per address otherwise."""
-    if current_user.is_authenticated:
-        return f"user:{current_user.id}"
-    return f"addr:{request.remote_addr}"
-
-
-VOTE_RATE_LIMIT = "240 per minute"
-STATEMENT_RATE_LIMIT = "20 per hour"
+# Rate limits (deliberate/ratelimit.py): values from the configuration, per member and per
+# address. The names below stay for views elsewhere that apply one limit themselves.
+user_rate_key = account_key
+VOTE_RATE_LIMIT = configured("RATELIMIT_VOTE")
+STATEMENT_RATE_LIMIT = configured("RATELIMIT_STATEMENT")
 
 
 class VoteForm(FlaskForm):
@@ -92,8 +87,8 @@ def round_page(round_id: int):
 
 
 @bp.post("/rounds/<int:round_id>/vote")
+@vote_limits()
 @login_required
-@limiter.limit(VOTE_RATE_LIMIT, key_func=user_rate_key)
 def vote(round_id: int):
     """Record a vote from the plain HTML form, then redirect back (Post/Redirect/Get)."""
     form = VoteForm()
@@ -137,8 +132,8 @@ def my_votes(round_id: int):
 
 
 @bp.post("/rounds/<int:round_id>/statements")
+@statement_limits()
 @login_required
-@limiter.limit(STATEMENT_RATE_LIMIT, key_func=user_rate_key)
 def write_statement(round_id: int):
     """Submit the member's statement; on refusal show the page again with their text kept."""
     form = StatementForm()

@@ -356,16 +356,15 @@ def test_author_label_respects_the_round_setting(db, factory):
 def test_a_row_inserted_by_a_concurrent_request_turns_the_insert_into_an_update(
     db, member, round_, monkeypatch
 ):
-    """Between our read (no row yet) and our insert, another request inserts the row."""
-    from sqlalchemy import false, insert
+    """Just before our insert, another request inserts the row: ours becomes a change."""
+    from sqlalchemy import insert
 
     statement = first(round_)
-    real_scalars = db.session.scalars
+    real_insert_vote = voting._insert_vote
     calls = {"lock": 0}
 
-    def racing_scalars(stmt, *args, **kwargs):
-        entity = getattr(stmt, "column_descriptions", [{}])[0].get("entity")
-        if entity is Vote and calls["lock"] == 0:
+    def racing_insert_vote(row):
+        if calls["lock"] == 0:
             calls["lock"] += 1
             now = utcnow()
             db.session.execute(
@@ -378,10 +377,9 @@ def test_a_row_inserted_by_a_concurrent_request_turns_the_insert_into_an_update(
                     updated_at=now,
                 )
             )
-            return real_scalars(select(Vote).where(false()))
-        return real_scalars(stmt, *args, **kwargs)
+        return real_insert_vote(row)
 
-    monkeypatch.setattr(db.session, "scalars", racing_scalars)
+    monkeypatch.setattr(voting, "_insert_vote", racing_insert_vote)
     result = voting.cast_vote(member, statement.id, 1)
     monkeypatch.undo()
     assert calls["lock"] == 1

@@ -257,6 +257,21 @@ CASES: dict[str, Case] = {
         strict=True,
     ),
     "/account/logout-everywhere": Case("member", lambda i: "/account/logout-everywhere"),
+    # Personal data (web/account.py). The sample member's password is wrong on purpose: every
+    # variant must be refused, and the member stays for the routes tested after this one.
+    "/account/erase": Case(
+        "member",
+        lambda i: "/account/erase",
+        lambda i: {"password": "not the right password", "confirm": "yes"},
+        strict=True,
+    ),
+    "/facilitate/people/<int:user_id>/erase": Case(
+        "admin",
+        lambda i: f"/facilitate/people/{i.other}/erase",
+        lambda i: {"confirm": "yes"},
+        strict=True,
+        unknown_url=lambda: f"/facilitate/people/{UNKNOWN_ID}/erase",
+    ),
     "/api/rounds/<int:round_id>/votes": Case(
         "member",
         lambda i: f"/api/rounds/{i.round}/votes",
@@ -424,7 +439,45 @@ CASES: dict[str, Case] = {
         ],
         unknown_url=lambda: f"/rounds/{UNKNOWN_ID}/vote",
     ),
+    # The JSON API for integrations (web/api_v1.py) and API tokens (web/tokens.py).
+    "/api/v1/rounds/<int:round_id>/votes": Case(
+        "member",
+        lambda i: f"/api/v1/rounds/{i.round}/votes",
+        lambda i: {"statement_id": i.seeds[2], "value": 1},
+        unknown_url=lambda: f"/api/v1/rounds/{UNKNOWN_ID}/votes",
+        json=True,
+    ),
+    "/api/v1/rounds/<int:round_id>/statements": Case(
+        "member",
+        lambda i: f"/api/v1/rounds/{i.round}/statements",
+        lambda i: {"text": "A statement of my own, sent through the API"},
+        unknown_url=lambda: f"/api/v1/rounds/{UNKNOWN_ID}/statements",
+        json=True,
+    ),
+    "/account/api-tokens": Case(
+        "member",
+        lambda i: "/account/api-tokens",
+        lambda i: {"name": "My spreadsheet", "expires": "90"},
+    ),
+    "/account/api-tokens/<int:token_id>/revoke": Case(
+        "member",
+        lambda i: f"/account/api-tokens/{member_api_token(i)}/revoke",
+        unknown_url=lambda: f"/account/api-tokens/{UNKNOWN_ID}/revoke",
+    ),
 }
+
+
+def member_api_token(ids: SimpleNamespace) -> int:
+    """The id of an API token of the sample member, created on first use."""
+    if getattr(ids, "api_token", None) is None:
+        from deliberate.extensions import db
+        from deliberate.models import User
+        from deliberate.services import api_tokens
+
+        member = db.session.get(User, ids.member)
+        ids.api_token = api_tokens.create_token(member, "Sample token").token.id
+    return ids.api_token
+
 
 # URL ids the router must answer with 404 whatever the route: beyond the id range, not numbers.
 BAD_URL_IDS = ["999999", str(2**31), str(2**63), "-1", "abc", "1.5"]

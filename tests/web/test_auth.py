@@ -265,6 +265,7 @@ def test_logout_everywhere(app, client, factory, login_as):
 
 def test_login_is_rate_limited_per_address(tmp_path, app_config):
     app_config["RATELIMIT_ENABLED"] = True
+    app_config["RATELIMIT_LOGIN_PER_ADDRESS"] = "10 per minute"
     app = create_app(app_config)
     app.test_client_class = RequestIsolatedClient
     with app.app_context():
@@ -359,3 +360,81 @@ def test_login_needs_the_csrf_token(app_config):
         assert client.post("/logout", data={"csrf_token": token}).status_code == 303
         _db.session.remove()
         _db.engine.dispose()
+
+
+# --- password rules and session ends (security hardening) ------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("password", "message"),
+    [
+        ("Password123!", "first that people trying to break in would guess"),
+        ("qwertyuiop", "first that people trying to break in would guess"),
+        ("1234567890", "first that people trying to break in would guess"),
+        ("aaaaaaaaaaaa", "first that people trying to break in would guess"),
+        ("Welcome2024!", "first that people trying to break in would guess"),
+        ("ana.silva forever", "must not contain your name or email address"),
+        ("Silvastrasse 12", "must not contain your name or email address"),
+        ("12345678910", "first that people trying to break in would guess"),
+    ],
+)
+def test_weak_passwords_are_refused_with_a_reason(client, factory, login_as, password, message):
+    user = factory.user(email="ana.silva@example.org", name="Ana Silva")
+    login_as(user)
+    response = client.post(
+        "/account", data={"current": PASSWORD, "password": password, "confirm": password}
+    )
+    assert response.status_code == 400
+    assert message in response.get_data(as_text=True)
+    _db.session.rollback()
+    assert verify_password(_db.session.get(User, user.id).password_hash, PASSWORD)
+
+
+def test_invitation_refuses_a_password_made_of_the_new_name(client, db):
+    link = invite_link("amy.north@example.org")
+    data = {"name": "Amelia Northcote", "password": "northcote rules", "confirm": "northcote rules"}
+    response = client.post(link, data=data)
+    assert response.status_code == 400
+    assert "must not contain your name" in response.get_data(as_text=True)
+    assert (
+        db.session.query(User).filter_by(email="amy.north@example.org").one().password_hash is None
+    )
+
+
+def test_a_copied_session_cookie_stops_working_after_logout_everywhere(app, factory, login_as):
+    user = factory.user(email="ana@example.org")
+    browser = login_as(user)
+    stolen = browser.get_cookie("session").value
+    thief = app.test_client()
+    thief.set_cookie("session", stolen)
+    assert logged_in(thief)  # the copy works while the session lives
+    assert browser.post("/account/logout-everywhere").status_code == 303
+    replay = app.test_client()
+    replay.set_cookie("session", stolen)
+    assert not logged_in(replay)
+    assert replay.get("/rounds").status_code == 302  # sent to the login page
+
+
+def test_a_copied_session_cookie_stops_working_after_a_password_change(app, client, factory):
+    user = factory.user(email="ana@example.org")
+    other = app.test_client()
+    assert other.post("/login", data={"email": user.email, "password": PASSWORD}).status_code == 303
+    stolen = other.get_cookie("session").value
+    assert (
+        client.post("/login", data={"email": user.email, "password": PASSWORD}).status_code == 303
+    )
+    response = client.post(
+        "/account", data={"current": PASSWORD, "password": NEW_PASSWORD, "confirm": NEW_PASSWORD}
+    )
+    assert response.status_code == 303
+    assert logged_in(client)  # this browser stays logged in under the new password
+    replay = app.test_client()
+    replay.set_cookie("session", stolen)
+    assert not logged_in(replay)
+    # The old password no longer logs in; the new one does.
+    fresh = app.test_client()
+    assert fresh.post("/login", data={"email": user.email, "password": PASSWORD}).status_code == 400
+    assert (
+        fresh.post("/login", data={"email": user.email, "password": NEW_PASSWORD}).status_code
+        == 303
+    )

@@ -24,6 +24,7 @@ from sqlalchemy import func, select
 from werkzeug.security import generate_password_hash
 
 from deliberate.models import (
+    ApiToken,
     AuditEvent,
     GroupName,
     Invitation,
@@ -141,6 +142,30 @@ MATRIX: dict[tuple[str, str], dict[str, object]] = {
     # --- admins only
     ("POST", "/facilitate/people/<int:user_id>/role"): row(LOGIN, 403, 403, 403, 403, 303),
     ("POST", "/facilitate/people/<int:user_id>/active"): row(LOGIN, 403, 403, 403, 403, 303),
+    # --- personal data (web/account.py): everyone downloads and erases their own account (the
+    # only admin may not: 409, the last admin); admins erase someone else's.
+    ("GET", "/account/data"): row(LOGIN, 200, 200, 200, 200, 200),
+    ("GET", "/account/data/download"): row(LOGIN, 200, 200, 200, 200, 200),
+    ("GET", "/account/erase"): row(LOGIN, 200, 200, 200, 200, 200),
+    ("POST", "/account/erase"): row(LOGIN, 303, 303, 303, 303, 409),
+    ("GET", "/facilitate/people/<int:user_id>/erase"): row(LOGIN, 403, 403, 403, 403, 200),
+    ("POST", "/facilitate/people/<int:user_id>/erase"): row(LOGIN, 403, 403, 403, 403, 303),
+    # --- the JSON API (web/api_v1.py): the browser session here (tokens: test_api_v1.py); the
+    # same rules as the pages, answered in JSON (401, not a redirect, when not logged in).
+    ("GET", "/api/openapi.json"): row(200, 200, 200, 200, 200, 200),
+    ("GET", "/api/docs"): row(200, 200, 200, 200, 200, 200),
+    ("GET", "/api/v1/me"): row(401, 200, 200, 200, 200, 200),
+    ("GET", "/api/v1/rounds"): row(401, 200, 200, 200, 200, 200),
+    ("GET", "/api/v1/rounds/<int:round_id>"): row(401, 200, 404, 200, 200, 200),
+    ("GET", "/api/v1/rounds/<int:round_id>/statements"): row(401, 200, 404, 200, 200, 200),
+    ("POST", "/api/v1/rounds/<int:round_id>/statements"): row(401, 201, 404, 403, 403, 403),
+    ("GET", "/api/v1/rounds/<int:round_id>/votes"): row(401, 200, 404, 200, 200, 200),
+    ("POST", "/api/v1/rounds/<int:round_id>/votes"): row(401, 200, 404, 403, 403, 403),
+    ("GET", "/api/v1/rounds/<int:round_id>/results"): row(401, 403, 404, 200, 200, 200),
+    # --- API tokens: everyone manages their own (a new token is shown on the answer page).
+    ("GET", "/account/api-tokens"): row(LOGIN, 200, 200, 200, 200, 200),
+    ("POST", "/account/api-tokens"): row(LOGIN, 200, 200, 200, 200, 200),
+    ("POST", "/account/api-tokens/<int:token_id>/revoke"): row(LOGIN, 303, 303, 303, 303, 303),
 }
 
 
@@ -178,6 +203,12 @@ WRITES: dict[tuple[str, str], set[str]] = {
     ("POST", "/facilitate/people/<int:user_id>/reset-link"): STAFF,
     ("POST", "/facilitate/people/<int:user_id>/role"): {ADMIN},
     ("POST", "/facilitate/people/<int:user_id>/active"): {ADMIN},
+    ("POST", "/account/erase"): {MEMBER, OTHER_ORG, LEADERSHIP, FACILITATOR},
+    ("POST", "/facilitate/people/<int:user_id>/erase"): {ADMIN},
+    ("POST", "/api/v1/rounds/<int:round_id>/statements"): {MEMBER},
+    ("POST", "/api/v1/rounds/<int:round_id>/votes"): {MEMBER},
+    ("POST", "/account/api-tokens"): EVERYONE_LOGGED_IN,
+    ("POST", "/account/api-tokens/<int:token_id>/revoke"): EVERYONE_LOGGED_IN,
 }
 NO_WRITE_CHECK = {("POST", "/login"), ("POST", "/logout")}
 
@@ -279,6 +310,21 @@ def prepare(method: str, rule: str, s: Samples, actor: User | None) -> Request:
         return Request(rule, {} if method == "POST" else None)
     if rule == "/account/logout-everywhere":
         return Request(rule, {}, effect=_auth_version_moved(db, actor))
+    if rule in ("/account/data", "/account/data/download", "/account/erase"):
+        if method == "POST":
+            user_id = actor.id if actor is not None else None
+            return Request(
+                rule,
+                {"password": PASSWORD, "confirm": "yes"},
+                effect=lambda: (
+                    user_id is not None and db.session.get(User, user_id).erased_at is not None
+                ),
+            )
+        return Request(rule)
+    if rule.startswith("/account/api-tokens"):
+        return _api_token_request(method, rule, s, actor, n)
+    if rule in ("/api/openapi.json", "/api/docs", "/api/v1/me", "/api/v1/rounds"):
+        return Request(rule)
     if rule in ("/facilitate/audit", "/facilitate/people/", "/facilitate/people/invite"):
         if method == "POST":  # people/invite
             email = f"new{n}@example.org"
@@ -367,6 +413,14 @@ def prepare(method: str, rule: str, s: Samples, actor: User | None) -> Request:
         person = s.person()
         pid = person.id
         url = rule.replace("<int:user_id>", str(pid))
+        if rule.endswith("/erase"):
+            if method == "GET":
+                return Request(url)
+            return Request(
+                url,
+                {"confirm": "yes"},
+                effect=lambda: db.session.get(User, pid).erased_at is not None,
+            )
         if rule.endswith("/role"):
             return Request(
                 url,
@@ -405,11 +459,10 @@ def prepare(method: str, rule: str, s: Samples, actor: User | None) -> Request:
             return Request(url, {"statement_id": str(sid), "value": "1"}, effect=voted)
         if rule.endswith("/statements"):
             text = f"A member's new statement {n}"
-            return Request(
-                url,
-                {"text": text},
-                effect=lambda: _count(db, Statement, Statement.text == text) == 1,
-            )
+            written = lambda: _count(db, Statement, Statement.text == text) == 1  # noqa: E731
+            if rule.startswith("/api/"):
+                return Request(url, json={"text": text}, effect=written)
+            return Request(url, {"text": text}, effect=written)
         if rule.endswith("/seed"):
             return Request(
                 url,
@@ -465,6 +518,29 @@ def _report_edit(rule: str, s: Samples, n: int) -> Request:
         statement.hidden_in_report = True
         db.session.commit()
     return Request(url, {}, effect=lambda: db.session.get(Statement, sid).hidden_in_report == hide)
+
+
+def _api_token_request(method: str, rule: str, s: Samples, actor: User | None, n: int) -> Request:
+    """List, create or revoke API tokens: a revoked token is the visitor's own."""
+    from deliberate.services import api_tokens
+
+    db = s.db
+    if method == "GET":
+        return Request(rule)
+    if rule == "/account/api-tokens":
+        name = f"Matrix token {n}"
+        return Request(
+            rule,
+            {"name": name, "expires": "30"},
+            effect=lambda: _count(db, ApiToken, ApiToken.name == name) == 1,
+        )
+    owner = actor if actor is not None else s.person()
+    token_id = api_tokens.create_token(owner, f"Matrix token {n}").token.id
+    return Request(
+        rule.replace("<int:token_id>", str(token_id)),
+        {},
+        effect=lambda: db.session.get(ApiToken, token_id).revoked_at is not None,
+    )
 
 
 def _auth_version_moved(db, actor: User | None) -> Callable[[], bool]:
@@ -597,9 +673,11 @@ def test_unknown_ids_are_not_found_even_for_an_admin(app, db, actors, method, ru
     client = app.test_client()
     assert login(client, actors.users[ADMIN]).status_code in (302, 303)
     url = rule
-    for name in ("round_id", "statement_id", "user_id"):
+    for name in ("round_id", "statement_id", "user_id", "token_id"):
         url = url.replace(f"<int:{name}>", "987654")
-    if rule.startswith("/api/") and method == "POST":
+    if rule.startswith("/api/") and method == "POST" and rule.endswith("/statements"):
+        response = client.post(url, json={"text": "A statement for no round"})
+    elif rule.startswith("/api/") and method == "POST":
         response = client.post(url, json={"statement_id": 1, "value": 1})
     elif method == "POST":
         response = client.post(url, data=UNKNOWN_ID_FORM)

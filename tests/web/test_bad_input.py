@@ -326,6 +326,8 @@ MALFORMED = [
     ("1", "application/json"),
     ('{"statement_id": NaN, "value": 1}', "application/json"),
     ('{"statement_id": Infinity, "value": 1}', "application/json"),
+    ("[" * 100_000 + "]" * 100_000, "application/json"),  # deeper than the parser's recursion
+    ('{"a": ' * 50_000 + "1" + "}" * 50_000, "application/json"),
     ("statement_id=1&value=1", "application/x-www-form-urlencoded"),
     (
         "--x\r\nContent-Disposition: form-data; name=value\r\n\r\n1\r\n--x--\r\n",

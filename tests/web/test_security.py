@@ -327,6 +327,7 @@ def test_member_text_is_never_executed(app, world):
         f"{JS_URL} by a member",
         f"{SCRIPT} to be rejected",
         f"{IMG} to be corrected",
+        *FORMULAS,
     ):
         response = post(
             author, f"/rounds/{round_id}/statements", {"text": text}, f"/rounds/{round_id}"
@@ -429,6 +430,121 @@ def test_member_text_is_never_executed(app, world):
     assert response.mimetype == "application/json"
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert ids  # the sample world's other data was on the pages too
+
+    check_tokens_docs_and_personal_data(author, round_id)
+    check_exports(facilitator, round_id)
+
+
+FORMULAS = (
+    '=HYPERLINK("http://evil.example/","click") formula',
+    "+SUM(1;2) formula in a statement",
+    "@SUM(A1:A2) formula in a statement",
+    "-2+3 formula in a statement",
+)
+NUMBER = re.compile(r"-?\d+(\.\d+)?(e-?\d+)?")
+
+
+def assert_attachment(response, mimetype: str, where: str) -> None:
+    assert response.status_code == 200, f"{where} -> {response.status_code}"
+    assert response.mimetype == mimetype, f"{where}: {response.mimetype}"
+    assert response.headers["X-Content-Type-Options"] == "nosniff", where
+    assert response.headers.get("Content-Disposition", "").startswith("attachment"), where
+    assert_security_headers(response, where)
+
+
+def assert_csv_is_neutralised(text: str, where: str) -> int:
+    """No text cell may start like a spreadsheet formula; return how many payload cells."""
+    import csv
+    import io
+
+    payloads = 0
+    for row in csv.reader(io.StringIO(text)):
+        for cell in row:
+            if cell.startswith(("=", "+", "-", "@", "\t", "\r")):
+                assert NUMBER.fullmatch(cell), f"{where}: formula cell {cell[:60]!r}"
+            payloads += "formula" in cell or "<script>" in cell
+    return payloads
+
+
+def check_tokens_docs_and_personal_data(author, round_id: int) -> None:
+    """The author's API token name, the API pages and their personal-data download."""
+    import json
+
+    page = "/account/api-tokens"
+    response = post(author, page, {"name": f"{SCRIPT} {IMG}", "expires": "90"}, page)
+    assert response.status_code == 200, response.get_data(as_text=True)[:500]
+    html = response.get_data(as_text=True)
+    assert_no_active_content(html, "new token")
+    secret = re.search(r'id="token-secret"[^>]*value="([^"]+)"', html)
+    assert secret, "the new token's secret is not on the page"
+    html = author.get(page).get_data(as_text=True)
+    assert_no_active_content(html, page)
+    assert ESCAPED[0] in html and ESCAPED[1] in html
+    for url in ("/api/docs", "/account/data"):
+        response = author.get(url)
+        assert response.status_code == 200, url
+        assert_no_active_content(response.get_data(as_text=True), url)
+    response = author.get("/account/data/download")
+    assert_attachment(response, "application/json", "personal data download")
+    text = json.dumps(response.get_json())
+    assert SCRIPT in text  # the name and statements, as JSON strings: data, not markup
+    response = author.get("/api/openapi.json")
+    assert response.mimetype == "application/json"
+    assert_security_headers(response, "openapi.json")
+    # The token API serves member text as JSON, never sniffed as HTML.
+    headers = {"Authorization": f"Bearer {secret.group(1)}"}
+    for url in (f"/api/v1/rounds/{round_id}", f"/api/v1/rounds/{round_id}/statements"):
+        response = app_client_without_cookies(author).get(url, headers=headers)
+        assert response.status_code == 200, f"{url}: {response.get_data(as_text=True)[:300]}"
+        assert response.mimetype == "application/json", url
+        assert SCRIPT in json.dumps(response.get_json()), url  # as a string: data
+        assert_security_headers(response, url)
+
+
+def app_client_without_cookies(client):
+    return client.application.test_client()
+
+
+def check_exports(facilitator, round_id: int) -> None:
+    """Every export shows the payloads as data: right content types, neutralised CSV cells."""
+    import io
+    import zipfile
+
+    base = f"/rounds/{round_id}"
+    payload_cells = 0
+    for name in ("summary", "comments", "votes", "participants-votes", "comment-groups"):
+        response = facilitator.get(f"{base}/export/{name}.csv")
+        assert_attachment(response, "text/csv", f"{name}.csv")
+        payload_cells += assert_csv_is_neutralised(response.get_data(as_text=True), name)
+    assert payload_cells >= len(FORMULAS), "the CSV files show no payload at all"
+
+    def zipped_payloads(response, where: str) -> int:
+        assert_attachment(response, "application/zip", where)
+        found = 0
+        with zipfile.ZipFile(io.BytesIO(response.get_data())) as archive:
+            for member in archive.namelist():
+                if member.endswith(".csv"):
+                    text = archive.read(member).decode("utf-8-sig")
+                    found += assert_csv_is_neutralised(text, f"{where}/{member}")
+        return found
+
+    assert zipped_payloads(facilitator.get(f"{base}/export/all.zip"), "all.zip") >= 1
+    page = f"{base}/exports"
+    response = post(facilitator, f"{base}/export/identities", {"confirm": "y"}, page)
+    assert zipped_payloads(response, "identities") >= 1  # the author's name among them
+    response = facilitator.get(f"{base}/export/snapshot.json")
+    assert_attachment(response, "application/json", "snapshot.json")
+    response = facilitator.get(f"{base}/board-paper.md")
+    assert_attachment(response, "text/markdown", "board-paper.md")
+    markdown = response.get_data(as_text=True)
+    assert "formula" in markdown or "by a member" in markdown
+    # Markup characters in member text are backslash-escaped: no raw tag for a renderer.
+    assert re.search(r"(?<!\\)<", markdown) is None, "board-paper.md: unescaped <"
+    assert "\\<script\\>" in markdown
+    assert "](javascript:" not in markdown.lower()
+    response = facilitator.get(f"{base}/board-paper.pdf")
+    assert_attachment(response, "application/pdf", "board-paper.pdf")
+    assert response.get_data().startswith(b"%PDF")
 
 
 # --- headers and cookies -------------------------------------------------------------------
@@ -564,7 +680,10 @@ def test_production_cookies_are_secure(app_config, monkeypatch):
 
 
 def test_login_is_rate_limited_with_a_clear_message(app_config):
-    config = {**app_config, "RATELIMIT_ENABLED": True}
+    # Per-process counters here: this test keeps one app context (and so one database session)
+    # across requests, which a real server never does; tests/web/test_rate_limits.py covers the
+    # database storage.
+    config = {**app_config, "RATELIMIT_ENABLED": True, "RATELIMIT_STORAGE_URI": "memory://"}
     with running_app(config) as app:
         Factory(_db, CHEAP_HASH).user(email="member@example.org")
         client = app.test_client()
@@ -618,3 +737,125 @@ def test_login_is_rate_limited_with_a_clear_message(app_config):
                 guesser.post(link, data={"csrf_token": token}).status_code for _ in range(11)
             ]
             assert statuses == [400] * 10 + [429], f"{link}: {statuses}"
+
+
+# --- headers on every route and every kind of error ------------------------------------------
+
+
+def get_urls(app, ids) -> list[str]:
+    """One URL for every GET route of the app, its parts filled from the sample world."""
+    values = {
+        "round_id": ids.round,
+        "user_id": ids.member2,
+        "token": ids.invite_token,
+        "name": "votes",
+        "filename": "css/app.css",
+    }
+    urls = []
+    for rule in app.url_map.iter_rules():
+        if "GET" not in rule.methods:
+            continue
+        missing = set(rule.arguments) - set(values)
+        assert not missing, f"{rule.rule}: no sample value for {missing}; add one above"
+        with app.test_request_context():
+            from flask import url_for
+
+            urls.append(url_for(rule.endpoint, **{a: values[a] for a in rule.arguments}))
+    return sorted(set(urls))
+
+
+def test_security_headers_on_every_get_route(app, world):
+    urls = get_urls(app, world.ids)
+    assert len(urls) > 30
+    for role in ("anon", "member", "facilitator", "admin"):
+        client = world.client(role)
+        for url in urls:
+            response = client.get(url)
+            assert response.status_code < 500, f"{role} GET {url} -> {response.status_code}"
+            assert_security_headers(response, f"{role} GET {url} ({response.status_code})")
+            assert "Strict-Transport-Security" not in response.headers  # plain HTTP here
+            if response.mimetype == "application/json":
+                assert "no-store" in response.headers.get("Cache-Control", ""), url
+            response.close()
+
+
+def test_security_headers_on_error_responses(app, world):
+    anon, member = world.client("anon"), world.client("member")
+    too_big = "x" * (app.config["MAX_CONTENT_LENGTH"] + 10)
+    cases = [
+        (anon.get("/no/such/page"), 404),
+        (anon.get("/api/no/such/thing"), 404),
+        (anon.get("/logout"), 405),  # POST only
+        (anon.put("/login"), 405),
+        (anon.post("/login", data={"email": too_big}), 413),
+        (anon.post("/login", data={}), 400),  # no CSRF token
+        (member.get(f"/facilitate/rounds/{world.ids.round}"), 403),
+        (anon.get(f"/api/rounds/{world.ids.round}/next"), 401),
+        (anon.get("/rounds/99999999999999999999"), 404),
+        (anon.get("/login?next=%00"), 400),  # NUL in the query
+        (anon.head("/login"), 200),
+        (anon.options("/login"), 200),
+    ]
+    for response, status in cases:
+        where = f"{response.request.method} {response.request.path}"
+        assert response.status_code == status, f"{where} -> {response.status_code}"
+        assert_security_headers(response, where)
+
+
+def test_security_headers_on_500_and_429(app_config):
+    config = {
+        **app_config,
+        "RATELIMIT_ENABLED": True,
+        "RATELIMIT_STORAGE_URI": "memory://",
+        "RATELIMIT_LOGIN": "1 per minute",
+        "PROPAGATE_EXCEPTIONS": False,
+        "TESTING": False,
+    }
+    with running_app(config) as app:
+
+        @app.get("/boom")
+        def boom():
+            raise RuntimeError("a bug")
+
+        client = app.test_client()
+        response = client.get("/boom")
+        assert response.status_code == 500
+        assert_security_headers(response, "500")
+        token = token_from(client, "/login")
+        data = {"email": "x@example.org", "password": "a wrong guess", "csrf_token": token}
+        assert client.post("/login", data=data).status_code == 400
+        response = client.post("/login", data=data)
+        assert response.status_code == 429
+        assert_security_headers(response, "429")
+        response = client.post("/api/v1/rounds/1/votes", json={}, headers={"X-CSRFToken": token})
+        assert_security_headers(response, f"API {response.status_code}")
+
+
+def test_hsts_only_over_https(app, world):
+    client = world.client("anon")
+    for url in ("/login", "/healthz", "/static/css/app.css", "/no/such/page"):
+        secure = client.get(url, base_url="https://localhost")
+        assert "max-age=" in secure.headers.get("Strict-Transport-Security", ""), url
+        assert_security_headers(secure, f"https {url}")
+        plain = client.get(url)
+        assert "Strict-Transport-Security" not in plain.headers, url
+
+
+def test_forwarded_headers_are_ignored_unless_a_proxy_is_trusted(app_config, monkeypatch):
+    forwarded = {"X-Forwarded-For": "203.0.113.50", "X-Forwarded-Proto": "https"}
+    with running_app(app_config) as app:
+        response = app.test_client().get("/healthz", headers=forwarded)
+        assert "Strict-Transport-Security" not in response.headers
+    with running_app({**app_config, "PROXY_FIX": 1}) as app:
+
+        @app.get("/whoami")
+        def whoami():
+            from flask import request
+
+            from deliberate.ratelimit import address_key
+
+            return {"key": address_key(), "secure": request.is_secure}
+
+        response = app.test_client().get("/whoami", headers=forwarded)
+        assert response.get_json() == {"key": "addr:203.0.113.50", "secure": True}
+        assert "max-age=" in response.headers.get("Strict-Transport-Security", "")

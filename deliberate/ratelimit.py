@@ -1,0 +1,392 @@
+"""Rate limits: counters shared through the database, the keys requests are counted under, and
+the configured limit values.
+
+Flask-Limiter (through the `limits` library) counts requests in fixed windows. By default the
+counters live in the app's own database (table `rate_limit_counters`), so every web process of
+an installation shares them without another server; `DELIBERATE_RATELIMIT_STORAGE_URI` can point
+at `redis://...` or `memory://` instead (see docs/security.md).
+
+Views use the decorators at the end of this module (`login_limits`, `vote_limits`, ...); each
+applies two limits, one per account and one per address, with values read from the app's
+configuration on every request (`RATELIMIT_<KIND>` and `RATELIMIT_<KIND>_PER_ADDRESS`).
+Key functions never touch the database (they read the signed session cookie, the submitted
+email or the link's token), and the decorators go above `login_required` and friends, so on
+SQLite the counter is written before the request's own transaction takes the write lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import time
+from collections.abc import Callable
+
+from flask import current_app, g, has_app_context, has_request_context, request, session
+from limits.storage import Storage
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from .database import holds_write_lock, sqlite_write_gate, write_intent
+
+TABLE = "rate_limit_counters"
+
+# Default limit values: per account (the login email, the invitation link, the member) and
+# per address. Addresses get more room than accounts: a whole office may share one address.
+DEFAULT_LIMITS: dict[str, str] = {
+    "RATELIMIT_LOGIN": "10 per minute; 50 per hour",
+    "RATELIMIT_LOGIN_PER_ADDRESS": "30 per minute; 300 per hour",
+    "RATELIMIT_INVITE": "10 per minute; 50 per hour",
+    "RATELIMIT_INVITE_PER_ADDRESS": "30 per minute; 300 per hour",
+    "RATELIMIT_VOTE": "240 per minute",
+    "RATELIMIT_VOTE_PER_ADDRESS": "2400 per minute",
+    "RATELIMIT_STATEMENT": "20 per hour",
+    "RATELIMIT_STATEMENT_PER_ADDRESS": "200 per hour",
+    "RATELIMIT_EXPORT": "30 per minute",
+    "RATELIMIT_EXPORT_PER_ADDRESS": "120 per minute",
+}
+
+_UPSERT = text(
+    f"""
+    INSERT INTO {TABLE} ("key", "count", expires_at) VALUES (:key, :amount, :expires_at)
+    ON CONFLICT ("key") DO UPDATE SET
+        "count" = CASE WHEN {TABLE}.expires_at <= :now THEN excluded."count"
+                       ELSE {TABLE}."count" + excluded."count" END,
+        expires_at = CASE WHEN {TABLE}.expires_at <= :now THEN excluded.expires_at
+                          ELSE {TABLE}.expires_at END
+    RETURNING "count", expires_at
+    """  # noqa: S608 - the table name is a constant; values are bound parameters
+)
+_SELECT = text(f'SELECT "count", expires_at FROM {TABLE} WHERE "key" = :key')  # noqa: S608
+_DELETE_KEY = text(f'DELETE FROM {TABLE} WHERE "key" = :key')  # noqa: S608
+_DELETE_ALL = text(f"DELETE FROM {TABLE}")  # noqa: S608
+_DELETE_EXPIRED = text(f"DELETE FROM {TABLE} WHERE expires_at < :before")  # noqa: S608
+
+_REQUEST_CACHE = "deliberate.ratelimit.counters"
+
+
+class DatabaseStorage(Storage):
+    """Fixed-window counters in the app's database, shared by every process that uses it.
+
+    URI: ``database://`` (the app's own database). Each increment is ONE atomic statement
+    (INSERT ... ON CONFLICT DO UPDATE ... RETURNING; SQLite >= 3.35 and PostgreSQL) in its own
+    short transaction on its own connection, so it never commits or rolls back the request's
+    work. One exception, SQLite only: when the request's session already holds the write lock
+    (a limit checked after the view's transaction began writing), a second connection would wait
+    for that lock until the busy timeout, so the increment joins the request's transaction
+    instead (and is rolled back with it). The decorators in this module avoid that case.
+
+    Expired rows are deleted now and then (every `cleanup_every` increments of this process).
+    Errors are SQLAlchemy errors; the app configures Flask-Limiter to fall back to per-process
+    in-memory counters while the database cannot be reached (see docs/security.md).
+    """
+
+    STORAGE_SCHEME = ["database"]
+
+    def __init__(
+        self,
+        uri: str | None = None,
+        wrap_exceptions: bool = False,
+        engine: Engine | None = None,
+        cleanup_every: int = 1000,
+        **options,
+    ) -> None:
+        super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
+        self._engine = engine
+        self._cleanup_every = max(1, int(cleanup_every))
+        self._increments = itertools.count(1)
+
+    @property
+    def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
+        return SQLAlchemyError
+
+    # --- helpers ------------------------------------------------------------------------------
+
+    def engine(self) -> Engine:
+        """The engine given, else the current app's (each app its own database)."""
+        if self._engine is not None:
+            return self._engine
+        return current_app.extensions["sqlalchemy"].engine
+
+    @staticmethod
+    def _cache() -> dict[str, tuple[int, float]]:
+        """Counters this request has just written: the headers then need no extra query."""
+        if not has_request_context():
+            return {}
+        return request.environ.setdefault(_REQUEST_CACHE, {})
+
+    def _request_holds_sqlite_write_lock(self, engine: Engine) -> bool:
+        if self._engine is not None or engine.dialect.name != "sqlite" or not has_app_context():
+            return False
+        registry = current_app.extensions["sqlalchemy"].session.registry
+        if not registry.has():
+            return False
+        transaction = registry().get_transaction()
+        # The connections the session's transaction holds (no public accessor in SQLAlchemy).
+        connections = getattr(transaction, "_connections", None) or {}
+        return any(
+            holds_write_lock(entry[0])
+            for entry in connections.values()
+            if isinstance(entry, tuple) and entry and isinstance(entry[0], Connection)
+        )
+
+    def _sqlite_autocommit(self, engine: Engine, params: dict) -> tuple | None:
+        """Run the upsert as one autocommitted statement on a pooled SQLite connection.
+
+        The hot path (every vote passes here): a single statement is atomic by itself and takes
+        the write lock for just its own duration, and skipping SQLAlchemy's transaction
+        bookkeeping roughly halves the cost. Connections not in autocommit mode (not set up by
+        database.configure_sqlite) get None, and the caller uses a transaction instead.
+        """
+        raw = engine.raw_connection()
+        try:
+            if getattr(raw.driver_connection, "isolation_level", "") is not None:
+                return None
+            cursor = raw.cursor()
+            try:
+                # Queue with the database's other writers (database.WriterGate), as the
+                # transactions begun through SQLAlchemy do.
+                with sqlite_write_gate(engine):
+                    cursor.execute(_UPSERT.text, params)
+                    rows = cursor.fetchall()
+                    if next(self._increments) % self._cleanup_every == 0:
+                        cursor.execute(_DELETE_EXPIRED.text, {"before": params["now"] - 60})
+            finally:
+                cursor.close()
+        finally:
+            raw.close()
+        return rows[0]
+
+    def _read(self, key: str) -> tuple[int, float] | None:
+        cached = self._cache().get(key)
+        if cached is not None:
+            return cached
+        # A read-only transaction: on SQLite a plain BEGIN, which never waits for the write lock.
+        with write_intent(False), self.engine().connect() as conn:
+            row = conn.execute(_SELECT, {"key": key}).first()
+        return (int(row[0]), float(row[1])) if row else None
+
+    # --- the Storage interface ----------------------------------------------------------------
+
+    def incr(self, key: str, expiry: int, amount: int = 1) -> int:
+        now = time.time()
+        params = {"key": key, "amount": amount, "expires_at": now + expiry, "now": now}
+        engine = self.engine()
+        row = None
+        if self._request_holds_sqlite_write_lock(engine):
+            session = current_app.extensions["sqlalchemy"].session
+            row = session.execute(_UPSERT, params).one()
+        elif engine.dialect.name == "sqlite":
+            row = self._sqlite_autocommit(engine, params)
+        if row is None:
+            with write_intent(True), engine.begin() as conn:
+                row = conn.execute(_UPSERT, params).one()
+                if next(self._increments) % self._cleanup_every == 0:
+                    conn.execute(_DELETE_EXPIRED, {"before": now - 60})
+        count, expires_at = int(row[0]), float(row[1])
+        self._cache()[key] = (count, expires_at)
+        return count
+
+    def get(self, key: str) -> int:
+        row = self._read(key)
+        if row is None or row[1] <= time.time():
+            return 0
+        return row[0]
+
+    def get_expiry(self, key: str) -> float:
+        row = self._read(key)
+        now = time.time()
+        if row is None or row[1] <= now:
+            return now
+        return row[1]
+
+    def check(self) -> bool:
+        try:
+            with write_intent(False), self.engine().connect() as conn:
+                conn.execute(text("SELECT 1"))
+        except SQLAlchemyError:
+            return False
+        return True
+
+    def reset(self) -> int | None:
+        self._cache().clear()
+        with write_intent(True), self.engine().begin() as conn:
+            return conn.execute(_DELETE_ALL).rowcount
+
+    def clear(self, key: str) -> None:
+        self._cache().pop(key, None)
+        with write_intent(True), self.engine().begin() as conn:
+            conn.execute(_DELETE_KEY, {"key": key})
+
+    def delete_expired(self, before: float | None = None) -> int:
+        """Delete the counters whose window ended before `before` (default: now)."""
+        with write_intent(True), self.engine().begin() as conn:
+            result = conn.execute(_DELETE_EXPIRED, {"before": before or time.time()})
+            return result.rowcount
+
+
+# --- keys ---------------------------------------------------------------------------------------
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode("utf-8", "replace")).hexdigest()[:32]
+
+
+def client_address() -> str:
+    """The client's address: the peer, or what a trusted proxy reports (DELIBERATE_PROXY_FIX)."""
+    return request.remote_addr or "unknown"
+
+
+def address_key() -> str:
+    """Count per client address."""
+    return f"addr:{client_address()}"
+
+
+def _session_user_id() -> str | None:
+    user = g.get("_login_user")
+    if user is not None and getattr(user, "is_authenticated", False):
+        return str(user.id)
+    # Flask-Login keeps "<user id>:<auth version>" in the signed session cookie: reading it
+    # here costs no query (so the counter is written before the request's transaction begins).
+    raw = session.get("_user_id")
+    if isinstance(raw, str):
+        user_id = raw.split(":", 1)[0]
+        if user_id.isdigit():
+            return user_id
+    return None
+
+
+def _bearer_token() -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip()
+    if scheme.lower() == "bearer" and token:
+        return token
+    return None
+
+
+def account_key() -> str:
+    """Count per account: the logged-in user, else the API token used, else the address.
+
+    A token is counted under a hash of itself (looking up its user would cost a query before
+    the limit is checked); a user with several tokens therefore has a limit per token, and the
+    per-address limit applies to all of them together.
+    """
+    user_id = _session_user_id()
+    if user_id is not None:
+        return f"user:{user_id}"
+    token = _bearer_token()
+    if token is not None:
+        return f"token:{_digest(token)}"
+    return f"anon:{client_address()}"
+
+
+def login_account_key() -> str:
+    """Count logins per account: the email address typed in, trimmed and lower-cased."""
+    email = request.form.get("email") or ""
+    if not email and request.is_json:
+        body = request.get_json(silent=True)
+        email = body.get("email") if isinstance(body, dict) else ""
+    email = email.strip().lower()[:254] if isinstance(email, str) else ""
+    return f"login:{_digest(email)}"
+
+
+def link_key() -> str:
+    """Count per invitation or reset link (its token, hashed): the link is the account."""
+    token = (request.view_args or {}).get("token") or ""
+    return f"link:{_digest(str(token))}"
+
+
+# --- limit values ---------------------------------------------------------------------------------
+
+
+def configured(name: str) -> Callable[[], str]:
+    """The limit value named `name`, read from the app's configuration on each request."""
+
+    def value() -> str:
+        return str(current_app.config.get(name) or DEFAULT_LIMITS[name])
+
+    value.__name__ = f"limit_{name.lower()}"
+    return value
+
+
+def limits_from_environment(environ) -> dict[str, str]:
+    """RATELIMIT_* values from DELIBERATE_RATELIMIT_* environment variables, else the defaults."""
+    return {
+        name: environ.get(f"DELIBERATE_{name}") or default
+        for name, default in DEFAULT_LIMITS.items()
+    }
+
+
+# --- decorators ------------------------------------------------------------------------------
+
+
+def _limits(kind: str, account: Callable[[], str], *, scope: str | None = None, methods=None):
+    """Apply the per-account and the per-address limit of `kind` (shared by every view using it).
+
+    Put it ABOVE login_required and the role decorators: then it runs before anything of the
+    request touches the database.
+    """
+    from .extensions import limiter
+
+    scope = scope or kind.lower()
+    per_account = limiter.shared_limit(
+        configured(f"RATELIMIT_{kind}"),
+        scope=f"{scope}:account",
+        key_func=account,
+        methods=methods,
+    )
+    per_address = limiter.shared_limit(
+        configured(f"RATELIMIT_{kind}_PER_ADDRESS"),
+        scope=f"{scope}:address",
+        key_func=address_key,
+        methods=methods,
+    )
+
+    def decorate(view):
+        return per_account(per_address(view))
+
+    return decorate
+
+
+def login_limits():
+    """Logins (POST): per email address typed in and per client address."""
+    return _limits("LOGIN", login_account_key, methods=["POST"])
+
+
+def invitation_limits(scope: str = "invite"):
+    """Accepting an invitation or a reset link (POST): per link and per client address."""
+    return _limits("INVITE", link_key, scope=scope, methods=["POST"])
+
+
+def vote_limits():
+    """Votes, from every endpoint that records one: per member and per client address."""
+    return _limits("VOTE", account_key)
+
+
+def statement_limits():
+    """Statements written by members, from every endpoint: per member and per address."""
+    return _limits("STATEMENT", account_key)
+
+
+def export_limits():
+    """Downloads (exports, the board paper): per user and per client address."""
+    return _limits("EXPORT", account_key)
+
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DatabaseStorage",
+    "account_key",
+    "address_key",
+    "client_address",
+    "configured",
+    "export_limits",
+    "invitation_limits",
+    "limits_from_environment",
+    "link_key",
+    "login_account_key",
+    "login_limits",
+    "statement_limits",
+    "vote_limits",
+]

@@ -1,0 +1,196 @@
+"""The batched / vectorised fast paths give exactly what the simple per-run code gives.
+
+Each fast path in the engine is an exact rewrite of a simpler computation (same operations in
+the same order per run, or integer sums that are exact in any order); these tests compare the
+two on random inputs, including inputs with many exact ties.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from deliberate.analysis import Votes
+from deliberate.analysis import clustering as C
+from deliberate.analysis import stability as S
+
+
+def _points(rng: np.random.Generator, n: int, kind: int) -> np.ndarray:
+    if kind == 0:
+        return rng.normal(size=(n, 2))
+    if kind == 1:
+        return np.round(rng.normal(size=(n, 2)), 1)  # many identical points, exact ties
+    centres = ((0, 0), (2, 0), (0, 2), (2, 2))
+    return np.concatenate([rng.normal(c, 0.3, size=(n // 4 + 1, 2)) for c in centres])[:n]
+
+
+def test_kmeans_batch_with_mixed_k_equals_one_run_at_a_time():
+    rng = np.random.default_rng(0)
+    checked = 0
+    for trial in range(60):
+        n = int(rng.integers(5, 120))
+        pts = _points(rng, n, trial % 3)
+        w = rng.integers(1, 5, n).astype(float)
+        runs = int(rng.integers(1, 12))
+        ks = rng.integers(1, 6, runs)
+        kmax = int(ks.max())
+        cen = np.full((runs, kmax, 2), np.inf)
+        for r in range(runs):
+            cen[r, : ks[r]] = pts[rng.choice(n, size=min(ks[r], n), replace=False)]
+        if (ks > n).any():
+            continue
+        res = C._kmeans_batch(
+            np.broadcast_to(pts, (runs, n, 2)), np.broadcast_to(w, (runs, n)), cen, 20, ks=ks
+        )
+        for r in range(runs):
+            k = int(ks[r])
+            one = C.polis_kmeans(
+                pts, k, 20, weights=w, init_ids=np.arange(k), init_centers=cen[r, :k]
+            )
+            if res[r] is None:  # a cluster emptied: the caller redoes the run alone
+                assert one.ids.size < k
+                continue
+            assert np.array_equal(res[r][0], one.labels)
+            assert np.array_equal(res[r][1], one.centers)
+            checked += 1
+    assert checked > 100
+
+
+def _best_of_restarts_per_k(pts, w, ks, iters, restarts):
+    out = {}
+    for k in ks:
+        first = C.polis_kmeans(pts, k, iters, weights=w)
+        out[k] = C.best_of_restarts(pts, w, k, iters, first, restarts) if restarts else first
+    return out
+
+
+@pytest.mark.parametrize("restarts", [0, 10])
+def test_cold_group_clusterings_equals_best_of_restarts_per_k(restarts):
+    rng = np.random.default_rng(1)
+    for trial in range(25):
+        n = int(rng.integers(3, 100))
+        pts = _points(rng, n, trial % 3)
+        w = rng.integers(1, 20, n).astype(float)
+        ks = [k for k in range(2, 6) if k <= C._n_distinct(pts)]
+        fast = C.cold_group_clusterings(pts, w, ks, 20, restarts)
+        slow = _best_of_restarts_per_k(pts, w, ks, 20, restarts)
+        assert list(fast) == ks
+        for k in ks:
+            assert np.array_equal(fast[k].labels, slow[k].labels)
+            assert np.array_equal(fast[k].centers, slow[k].centers)
+            assert np.array_equal(fast[k].ids, slow[k].ids)
+
+
+def test_kpp_seeds_for_several_k_equal_one_k_at_a_time():
+    rng = np.random.default_rng(2)
+    for trial in range(40):
+        n = int(rng.integers(1, 80))
+        pts = _points(rng, n, trial % 3)
+        if trial % 5 == 0:
+            pts[: n // 2] = pts[0]  # duplicates: some restarts cannot find k distinct seeds
+        w = rng.integers(1, 9, n).astype(float)
+        p_w = w / w.sum()
+        many = C._kpp_seeds_multi(pts, w, p_w, [2, 3, 4, 5], 10)
+        for k in (2, 3, 4, 5):
+            one = C._kpp_seeds_batch(pts, w, p_w, k, 10, np.random.default_rng(7919 + k))
+            assert many[k] == one
+
+
+def test_batched_inertias_equal_one_at_a_time():
+    rng = np.random.default_rng(3)
+    for _ in range(30):
+        n = int(rng.integers(1, 200))
+        pts = rng.normal(size=(n, 2)) * rng.uniform(0.1, 50)
+        w = rng.integers(1, 50, n).astype(float)
+        runs = []
+        for _ in range(int(rng.integers(1, 10))):
+            k = int(rng.integers(1, 6))
+            runs.append(C.Clustering(np.arange(k), rng.normal(size=(k, 2)), rng.integers(0, k, n)))
+        assert C._inertias(pts, w, runs) == [C._inertia(pts, w, cl) for cl in runs]
+
+
+def test_base_kmeans_candidate_search_gives_the_plain_result(monkeypatch):
+    rng = np.random.default_rng(4)
+    for trial in range(12):
+        n = int(rng.integers(800, 2000))
+        pts = _points(rng, n, trial % 3)
+        w = rng.integers(1, 4, n).astype(float) if trial % 2 else None
+        monkeypatch.setattr(C, "_NEAR_MIN_CENTERS", 10**9)
+        plain = C.polis_kmeans(pts, 100, 100, weights=w)
+        monkeypatch.setattr(C, "_NEAR_MIN_CENTERS", 32)
+        monkeypatch.setattr(C, "_NEAR_MIN_POINTS", 256)
+        near = C.polis_kmeans(pts, 100, 100, weights=w)
+        assert np.array_equal(plain.labels, near.labels)
+        assert np.array_equal(plain.centers, near.centers)
+        assert np.array_equal(plain.ids, near.ids)
+
+
+def test_silhouette_matches_the_definition():
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        n = int(rng.integers(2, 60))
+        pts = rng.normal(size=(n, 2))
+        labels = rng.integers(0, int(rng.integers(1, 5)), n)
+        d = np.sqrt(((pts[:, None] - pts[None]) ** 2).sum(axis=2))
+        s = []
+        for i in range(n):
+            own = labels == labels[i]
+            if own.sum() < 2 or np.unique(labels).size < 2:
+                s.append(0.0)
+                continue
+            a = d[i, own].sum() / (own.sum() - 1)
+            b = min(d[i, labels == g].mean() for g in np.unique(labels) if g != labels[i])
+            s.append((b - a) / max(a, b) if max(a, b) > 0 else 0.0)
+        assert C.silhouette(pts, labels) == pytest.approx(float(np.mean(s)), abs=1e-12)
+
+
+def _votes(rng: np.random.Generator, n: int, m: int) -> Votes:
+    p, s = np.meshgrid(np.arange(n), np.arange(m), indexing="ij")
+    keep = rng.random(p.size) < 0.4
+    v = rng.choice([-1, 0, 1], p.size)
+    return Votes.from_arrays(p.ravel()[keep], s.ravel()[keep], v[keep])
+
+
+def test_replicate_counts_are_the_weighted_bucket_counts():
+    rng = np.random.default_rng(6)
+    for g in (1, 3, 5):
+        votes = _votes(rng, int(rng.integers(20, 300)), int(rng.integers(3, 40)))
+        n = votes.n_rows
+        groups = rng.integers(-1, g, n)
+        m = min(50, n)
+        bucket = (rng.permutation(n) % m).astype(np.int64)
+        w = S._poisson1(rng, (12, m))
+        got = S._replicate_counts(votes, groups, g + 1, bucket, m, w)
+        per = np.zeros((m, g + 1, 3, votes.n_cols))
+        np.add.at(per, (bucket[votes.row], groups[votes.row] + 1, 1 - votes.value, votes.col), 1)
+        assert np.array_equal(got, np.einsum("rm,mgcj->rgcj", w, per))
+
+
+def test_poisson_weights_have_the_poisson_1_distribution():
+    draws = S._poisson1(np.random.default_rng(7), (400, 500)).ravel()
+    freq = np.bincount(draws.astype(int)) / draws.size
+    expected = np.exp(-1.0) / np.array([1, 1, 2, 6, 24], dtype=float)
+    assert np.allclose(freq[:5], expected, atol=0.003)
+    assert draws.mean() == pytest.approx(1.0, abs=0.01)
+
+
+def test_intervals_equal_numpy_quantiles():
+    rng = np.random.default_rng(8)
+    samples = rng.random((3, 40, 57))
+    point = rng.random((3, 57))
+    level = 0.9
+    got = S._intervals(samples, point, level)
+    for i in range(3):
+        lo = np.minimum(np.quantile(samples[i], (1 - level) / 2, axis=0), point[i])
+        hi = np.maximum(np.quantile(samples[i], (1 + level) / 2, axis=0), point[i])
+        assert np.array_equal(got[i], np.stack([lo, hi], axis=1))
+
+
+def test_greedy_match_equals_match_ids():
+    rng = np.random.default_rng(9)
+    for _ in range(200):
+        k = int(rng.integers(1, 6))
+        ov = rng.integers(0, 4, (k, k)).astype(float)  # many ties and zeros
+        ids = C.match_ids(ov, list(range(k)), fresh_ids=list(range(k, 2 * k)))
+        fast = S._greedy_match(ov[None])[0]
+        assert [i if i < k else -1 for i in ids] == fast.tolist()

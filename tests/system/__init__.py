@@ -1,0 +1,1 @@
+"""System tests: the app under real gunicorn and real `deliberate worker` processes."""
