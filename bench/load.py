@@ -837,6 +837,27 @@ def check_acknowledged(database_url: str, instance: Path, seeded: Seeded, stats:
 # Command line
 
 
+def _run_in_fresh_loop(coroutine):
+    """asyncio.run in a thread of its own: works even where the caller's thread already runs
+    an event loop (as in a test process that also ran Playwright's sync API)."""
+    import threading
+
+    outcome: dict = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = asyncio.run(coroutine)
+        except BaseException as exc:  # handed back to the caller below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=target, name="load-driver")
+    thread.start()
+    thread.join()
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]
+
+
 def run(opts) -> dict:
     """Set up, serve, drive, check; return the figures (also printed unless --quiet)."""
     return run_with_details(opts)[0]
@@ -873,7 +894,7 @@ def run_with_details(opts) -> tuple[dict, Seeded, Stats]:
         os.sched_setaffinity(0, {int(c) for c in opts.driver_cpus.split(",")})
     load_before = os.getloadavg()[0]
     try:
-        result = asyncio.run(drive(server, seeded, opts))
+        result = _run_in_fresh_loop(drive(server, seeded, opts))
     finally:
         server.stop()
     load_after = os.getloadavg()[0]
