@@ -180,6 +180,10 @@ class DatabaseStorage(Storage):
             row = self._sqlite_autocommit(engine, params)
         if row is None:
             with write_intent(True), engine.begin() as conn:
+                if engine.dialect.name == "postgresql":
+                    # A counter needs no durability: do not hold its row lock (every vote from
+                    # one address updates one row) until the commit is flushed to disk.
+                    conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
                 row = conn.execute(_UPSERT, params).one()
                 if next(self._increments) % self._cleanup_every == 0:
                     conn.execute(_DELETE_EXPIRED, {"before": now - 60})

@@ -31,6 +31,7 @@ from ..services import statements as statements_service
 from ..services.authz import can_participate
 from ..services.errors import ValidationError
 from ..services.privacy import MIN_CELL
+from .api import reads_first
 from .decorators import actor
 from .errors import error_response
 
@@ -427,6 +428,7 @@ def list_votes(round_id: int):
 
 
 @vote_limits()
+@reads_first
 def cast_vote(round_id: int):
     """Cast or change the user's vote on a statement; answer with progress and the next one."""
     body = _json_object(("statement_id", "value"), '{"statement_id": 12, "value": 1}')
