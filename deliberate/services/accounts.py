@@ -261,11 +261,18 @@ def set_active(actor: User | None, user_id: int, active: bool) -> User:
         if user.role == Role.ADMIN and _count_active_admins() <= 1:
             raise Conflict("This is the last admin: make someone else an admin first.")
     user.active = active
+    details = {}
+    if not active:
+        # A deactivated account's API tokens die with it: reactivation does not revive them.
+        from .api_tokens import revoke_all
+
+        details["api_tokens_revoked"] = revoke_all(user)
     audit.record(
         actor,
         "user.activate" if active else "user.deactivate",
         target_type="user",
         target_id=user.id,
+        **details,
     )
     db.session.commit()
     return user

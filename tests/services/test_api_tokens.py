@@ -151,3 +151,23 @@ def test_tokens_of_and_revoke_all_for_data_protection(db, factory, member):
     assert api_tokens.authenticate(second.secret) is None
     assert api_tokens.authenticate(kept.secret).id == other.id
     assert all(t.revoked_at is not None for t in api_tokens.tokens_of(member))
+
+
+def test_deactivating_an_account_revokes_its_tokens_for_good(db, factory):
+    from deliberate.services import accounts
+
+    admin = factory.user(Role.ADMIN)
+    user = factory.user(Role.MEMBER)
+    other = factory.user(Role.MEMBER)
+    first = api_tokens.create_token(user, "first")
+    second = api_tokens.create_token(user, "second")
+    kept = api_tokens.create_token(other, "someone else's")
+    accounts.set_active(admin, user.id, False)
+    accounts.set_active(admin, user.id, True)
+    assert api_tokens.authenticate(first.secret) is None
+    assert api_tokens.authenticate(second.secret) is None
+    assert api_tokens.authenticate(kept.secret).id == other.id
+    event = db.session.scalars(
+        select(AuditEvent).where(AuditEvent.action == "user.deactivate")
+    ).one()
+    assert event.target_id == user.id and event.details == {"api_tokens_revoked": 2}
