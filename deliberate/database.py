@@ -247,3 +247,16 @@ def write_intent(may_write: bool) -> Iterator[None]:
         yield
     finally:
         _write_intent.reset(token)
+
+
+def commit_keeping_objects(session) -> None:
+    """Commit without expiring the session's loaded objects (such as the acting user).
+
+    For a transaction that wrote nothing through them: reading them again would only cost
+    queries, or begin a new transaction where the caller wants none yet.
+    """
+    expire, session.expire_on_commit = session.expire_on_commit, False
+    try:
+        session.commit()
+    finally:
+        session.expire_on_commit = expire

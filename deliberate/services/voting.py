@@ -14,7 +14,7 @@ from typing import Literal, NamedTuple
 from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
 from sqlalchemy.sql import Executable
 
-from ..database import holds_write_lock, write_intent
+from ..database import commit_keeping_objects, holds_write_lock, write_intent
 from ..extensions import db
 from ..models import (
     MAX_ID,
@@ -696,12 +696,7 @@ def _is_sqlite() -> bool:
 def _commit_keeping_objects() -> None:
     """Commit without expiring the loaded objects (the acting user): the transaction wrote
     nothing through them, so reading them again would only cost queries."""
-    session = db.session()
-    expire, session.expire_on_commit = session.expire_on_commit, False
-    try:
-        session.commit()
-    finally:
-        session.expire_on_commit = expire
+    commit_keeping_objects(db.session())
 
 
 def next_statement(

@@ -22,7 +22,7 @@ from flask_login import current_user
 from flask_wtf.csrf import CSRFError, validate_csrf
 from wtforms import ValidationError as FormValidationError
 
-from ..database import write_intent
+from ..database import commit_keeping_objects, write_intent
 from ..extensions import csrf, db
 from ..models import MAX_ID, Round, User, utcnow
 from ..ratelimit import statement_limits, vote_limits
@@ -70,12 +70,7 @@ def _authenticate():
         refusal = _check_credentials()
         # Keep the user loaded: reading an expired attribute (the rate limits' key reads the
         # user's id) would begin the request's transaction again.
-        session = db.session()
-        expire, session.expire_on_commit = session.expire_on_commit, False
-        try:
-            session.commit()
-        finally:
-            session.expire_on_commit = expire
+        commit_keeping_objects(db.session())
     return refusal
 
 
