@@ -47,17 +47,15 @@ class Clustering:
         return [keys[order[bounds[i] : bounds[i + 1]]] for i in range(self.ids.size)]
 
 
-def _assign(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
-    """Nearest centre per point; on an exact tie the later centre wins (Pol.is map order).
+def _reversed_sq_distances(points: np.ndarray, centers: np.ndarray):
+    """Yield (a, b, squared distances of points[a:b] to the centres in reverse order).
 
-    Squared distances are computed directly (not by the x^2 + c^2 - 2xc trick, so ties are
-    exact), in row chunks that stay in cache; the centres are reversed so that ``argmin``'s
-    first-minimum rule picks the later centre.
+    Computed directly (not by the x^2 + c^2 - 2xc trick, so ties are exact), in row chunks
+    that stay in cache; reversed so that ``argmin``'s first-minimum rule picks the later centre.
     """
     n, m = points.shape[0], centers.shape[0]
     rx = np.ascontiguousarray(centers[::-1, 0])
     ry = np.ascontiguousarray(centers[::-1, 1])
-    out = np.empty(n, np.int64)
     step = max(1, 262_144 // max(m, 1))
     for a in range(0, n, step):
         b = min(n, a + step)
@@ -66,8 +64,15 @@ def _assign(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
         e = points[a:b, 1:2] - ry
         e *= e
         d += e
+        yield a, b, d
+
+
+def _assign(points: np.ndarray, centers: np.ndarray) -> np.ndarray:
+    """Nearest centre per point; on an exact tie the later centre wins (Pol.is map order)."""
+    out = np.empty(points.shape[0], np.int64)
+    for a, b, d in _reversed_sq_distances(points, centers):
         out[a:b] = d.argmin(axis=1)
-    return m - 1 - out
+    return centers.shape[0] - 1 - out
 
 
 def _assign_bounds(
@@ -76,19 +81,10 @@ def _assign_bounds(
     """Like :func:`_assign`, also returning the distance to the assigned centre (upper bound)
     and to the second-closest centre (lower bound) for Hamerly's pruning."""
     n, m = points.shape[0], centers.shape[0]
-    rx = np.ascontiguousarray(centers[::-1, 0])
-    ry = np.ascontiguousarray(centers[::-1, 1])
     lab = np.empty(n, np.int64)
     up = np.empty(n)
     lo = np.full(n, np.inf)
-    step = max(1, 262_144 // max(m, 1))
-    for a in range(0, n, step):
-        b = min(n, a + step)
-        d = points[a:b, 0:1] - rx
-        d *= d
-        e = points[a:b, 1:2] - ry
-        e *= e
-        d += e
+    for a, b, d in _reversed_sq_distances(points, centers):
         j = d.argmin(axis=1)
         rows = np.arange(b - a)
         lab[a:b] = j
