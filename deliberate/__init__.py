@@ -28,9 +28,16 @@ def create_app(config: dict | None = None) -> Flask:
     app.config.from_mapping(build_config(instance_path, config))
     instance_path.mkdir(parents=True, exist_ok=True)
 
+    if not str(app.config["SQLALCHEMY_DATABASE_URI"]).startswith("sqlite"):
+        # A server may close pooled connections (restart, idle timeout): test each on checkout.
+        app.config["SQLALCHEMY_ENGINE_OPTIONS"].setdefault("pool_pre_ping", True)
     db.init_app(app)
     migrate.init_app(app, db, directory=str(PROJECT_ROOT / "migrations"), render_as_batch=True)
     csrf.init_app(app)
+    if str(app.config.get("RATELIMIT_STORAGE_URI", "")).startswith("database:"):
+        app.config.setdefault(
+            "RATELIMIT_STORAGE_OPTIONS", {"sync_seconds": app.config["RATELIMIT_SYNC_SECONDS"]}
+        )
     limiter.init_app(app)
     login_manager.init_app(app)
     with app.app_context():

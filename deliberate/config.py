@@ -63,7 +63,9 @@ def build_config(instance_path: Path, overrides: dict | None = None) -> dict:
     config: dict = {
         "DELIBERATE_ENV": env,
         "SQLALCHEMY_DATABASE_URI": database_url,
-        "SQLALCHEMY_ENGINE_OPTIONS": {"pool_pre_ping": True},
+        # pool_pre_ping is added for server databases by create_app (an SQLite file cannot
+        # drop a pooled connection, so pinging it would only cost a statement per request).
+        "SQLALCHEMY_ENGINE_OPTIONS": {},
         # Sessions: HttpOnly and SameSite always; Secure whenever we are not in development.
         "SESSION_COOKIE_HTTPONLY": True,
         "SESSION_COOKIE_SAMESITE": "Lax",
@@ -84,6 +86,11 @@ def build_config(instance_path: Path, overrides: dict | None = None) -> dict:
         "RATELIMIT_STORAGE_URI": os.environ.get("DELIBERATE_RATELIMIT_STORAGE_URI")
         or "database://",
         "RATELIMIT_HEADERS_ENABLED": True,
+        # With database:// counters: a process writes its counts every this many seconds
+        # (write-behind; 0 writes each count at once). See DatabaseStorage in ratelimit.py.
+        "RATELIMIT_SYNC_SECONDS": float(
+            os.environ.get("DELIBERATE_RATELIMIT_SYNC_SECONDS") or 0.25
+        ),
         **limits_from_environment(os.environ),
         # Behind N reverse proxies that set X-Forwarded-For/-Proto, trust the last N hops for
         # the client's address (per-address limits) and the scheme (HSTS, secure cookies).

@@ -16,10 +16,15 @@ SQLite the counter is written before the request's own transaction takes the wri
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import itertools
+import logging
+import os
+import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from flask import current_app, g, has_app_context, has_request_context, request, session
 from limits.storage import Storage
@@ -64,6 +69,41 @@ _DELETE_EXPIRED = text(f"DELETE FROM {TABLE} WHERE expires_at < :before")  # noq
 
 _REQUEST_CACHE = "deliberate.ratelimit.counters"
 
+# Counters written in one statement by the write-behind flusher (at most this many per statement).
+_BATCH_ROWS = 200
+
+log = logging.getLogger(__name__)
+
+
+def _batch_upsert(rows: int):
+    """The upsert of `rows` counters in one statement, returning each row's key."""
+    values = ", ".join(f"(:k{i}, :a{i}, :e{i})" for i in range(rows))
+    return text(
+        f"""
+        INSERT INTO {TABLE} ("key", "count", expires_at) VALUES {values}
+        ON CONFLICT ("key") DO UPDATE SET
+            "count" = CASE WHEN {TABLE}.expires_at <= :now THEN excluded."count"
+                           ELSE {TABLE}."count" + excluded."count" END,
+            expires_at = CASE WHEN {TABLE}.expires_at <= :now THEN excluded.expires_at
+                              ELSE {TABLE}.expires_at END
+        RETURNING "key", "count", expires_at
+        """  # noqa: S608 - the table name is a constant; values are bound parameters
+    )
+
+
+@dataclass(slots=True)
+class _Window:
+    """One counter's current window as this process knows it (write-behind mode)."""
+
+    expires_at: float  # the end of the shared window (as stored in the database)
+    length: int  # the window's length in seconds (to start a new one)
+    shared: int  # the shared count, as the database last answered
+    pending: int = 0  # this process's increments not yet written
+    writing: int = 0  # this process's increments being written by the flusher now
+
+    def count(self) -> int:
+        return self.shared + self.writing + self.pending
+
 
 class DatabaseStorage(Storage):
     """Fixed-window counters in the app's database, shared by every process that uses it.
@@ -79,6 +119,19 @@ class DatabaseStorage(Storage):
     Expired rows are deleted now and then (every `cleanup_every` increments of this process).
     Errors are SQLAlchemy errors; the app configures Flask-Limiter to fall back to per-process
     in-memory counters while the database cannot be reached (see docs/security.md).
+
+    **Write-behind** (``sync_seconds`` > 0; the app's default, DELIBERATE_RATELIMIT_SYNC_SECONDS):
+    a counter's first increment in a window is written at once as above (so the process learns
+    the shared count and when the window ends); later increments in that window are counted in
+    this process's memory and written by a background thread every ``sync_seconds``, all
+    counters in one short transaction, which also reads back the shared counts. A request is
+    then counted without touching the database. What a process decides on is the shared count
+    as of its last write plus its own increments since, so a limit can be exceeded by what the
+    OTHER processes counted in the last ``sync_seconds`` (with 2 processes and 0.25 s: a member
+    voting at 10 a second gets 2-3 extra votes in a window); within one process it is exact.
+    Increments not yet written when a process is killed (at most ``sync_seconds`` of them) are
+    lost; a process that exits normally writes them first. ``sync_seconds`` = 0 writes every
+    increment at once (exact across processes).
     """
 
     STORAGE_SCHEME = ["database"]
@@ -89,12 +142,24 @@ class DatabaseStorage(Storage):
         wrap_exceptions: bool = False,
         engine: Engine | None = None,
         cleanup_every: int = 1000,
+        sync_seconds: float = 0.0,
         **options,
     ) -> None:
         super().__init__(uri, wrap_exceptions=wrap_exceptions, **options)
         self._engine = engine
         self._cleanup_every = max(1, int(cleanup_every))
         self._increments = itertools.count(1)
+        # Write-behind (sync_seconds > 0): see the class docstring.
+        self.sync_seconds = max(0.0, float(sync_seconds))
+        self._lock = threading.Lock()
+        # (id of the engine, key) -> window; and the engines of those ids (kept while a window
+        # of theirs is, so an id is never reused meanwhile).
+        self._windows: dict[tuple[int, str], _Window] = {}
+        self._engines: dict[int, Engine] = {}
+        self._flusher_pid: int | None = None
+        self._atexit_pid: int | None = None
+        self._flush_lock = threading.Lock()
+        self._stopped = threading.Event()
 
     @property
     def base_exceptions(self) -> type[Exception] | tuple[type[Exception], ...]:
@@ -169,7 +234,14 @@ class DatabaseStorage(Storage):
     # --- the Storage interface ----------------------------------------------------------------
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        now = time.time()
+        if self.sync_seconds > 0:
+            engine = self.engine()
+            if not self._request_holds_sqlite_write_lock(engine):
+                return self._incr_behind(engine, key, expiry, amount)
+        return self._upsert(key, expiry, amount, time.time())[0]
+
+    def _upsert(self, key: str, expiry: int, amount: int, now: float) -> tuple[int, float]:
+        """Write the increment at once: the shared count after it and the window's end."""
         params = {"key": key, "amount": amount, "expires_at": now + expiry, "now": now}
         engine = self.engine()
         row = None
@@ -189,15 +261,144 @@ class DatabaseStorage(Storage):
                     conn.execute(_DELETE_EXPIRED, {"before": now - 60})
         count, expires_at = int(row[0]), float(row[1])
         self._cache()[key] = (count, expires_at)
-        return count
+        return count, expires_at
+
+    # --- write-behind -------------------------------------------------------------------------
+
+    def _incr_behind(self, engine: Engine, key: str, expiry: int, amount: int) -> int:
+        now = time.time()
+        where = (id(engine), key)
+        with self._lock:
+            window = self._windows.get(where)
+            if window is not None and window.expires_at > now:
+                window.pending += amount
+                self._start_flusher()
+                return window.count()
+        # The first increment of a window in this process: written at once, which tells the
+        # shared count and the window's end.
+        count, expires_at = self._upsert(key, expiry, amount, now)
+        with self._lock:
+            self._engines.setdefault(where[0], engine)
+            window = self._windows.get(where)
+            if window is None or window.expires_at <= now:
+                self._windows[where] = _Window(expires_at=expires_at, length=expiry, shared=count)
+                return count
+            # Another thread of this process began the window meanwhile: both increments are
+            # in the database, and `count` saw at least as many as that thread's answer (an
+            # increment being written may be counted twice until the next write: a limit then
+            # applies a little early, never late).
+            window.shared = max(window.shared, count)
+            return window.count()
+
+    def _start_flusher(self) -> None:
+        """Start this process's flusher thread unless it runs (threads do not survive a fork).
+        Called with self._lock held."""
+        pid = os.getpid()
+        if self._flusher_pid == pid:
+            return
+        self._flusher_pid = pid
+        thread = threading.Thread(target=self._flush_forever, name="ratelimit-flush", daemon=True)
+        thread.start()
+        if self._atexit_pid != pid:
+            self._atexit_pid = pid
+            atexit.register(self._flush_quietly)
+
+    def _flush_forever(self) -> None:
+        """Write every sync_seconds; end once no window is left (the next count restarts it)."""
+        while not self._stopped.wait(self.sync_seconds):
+            self._flush_quietly()
+            with self._lock:
+                if not self._windows:
+                    self._flusher_pid = None
+                    return
+
+    def _flush_quietly(self) -> None:
+        try:
+            self.flush()
+        except Exception:  # the counts are kept and written next time
+            log.warning("rate-limit counters could not be written; retrying", exc_info=True)
+
+    def flush(self) -> int:
+        """Write this process's pending increments now (one transaction per database); how many
+        counters were written. Windows that have ended are forgotten."""
+        with self._flush_lock:
+            now = time.time()
+            batches: dict[int, list[tuple[str, _Window]]] = {}
+            with self._lock:
+                for where, window in list(self._windows.items()):
+                    if window.expires_at <= now:
+                        del self._windows[where]  # its pending increments were for that window
+                    elif window.pending:
+                        window.writing, window.pending = window.pending, 0
+                        batches.setdefault(where[0], []).append((where[1], window))
+                for engine_id in set(self._engines) - {engine_id for engine_id, _ in self._windows}:
+                    del self._engines[engine_id]
+            written = 0
+            for engine_id, batch in batches.items():
+                try:
+                    answers = self._write_batch(self._engines[engine_id], batch, now)
+                except BaseException:
+                    with self._lock:
+                        for _, window in batch:
+                            window.pending += window.writing
+                            window.writing = 0
+                    raise
+                with self._lock:
+                    for key, window in batch:
+                        window.writing = 0
+                        answer = answers.get(key)
+                        if answer is not None:
+                            window.shared, window.expires_at = answer
+                written += len(batch)
+            return written
+
+    def _write_batch(
+        self, engine: Engine, batch: list[tuple[str, _Window]], now: float
+    ) -> dict[str, tuple[int, float]]:
+        answers: dict[str, tuple[int, float]] = {}
+        with write_intent(True), engine.begin() as conn:
+            if engine.dialect.name == "postgresql":
+                conn.exec_driver_sql("SET LOCAL synchronous_commit = off")
+            for start in range(0, len(batch), _BATCH_ROWS):
+                part = batch[start : start + _BATCH_ROWS]
+                params: dict[str, object] = {"now": now}
+                for i, (key, window) in enumerate(part):
+                    params[f"k{i}"] = key
+                    params[f"a{i}"] = window.writing
+                    params[f"e{i}"] = now + window.length
+                for key, count, expires_at in conn.execute(_batch_upsert(len(part)), params):
+                    answers[key] = (int(count), float(expires_at))
+        return answers
+
+    def _local(self, key: str) -> _Window | None:
+        if self.sync_seconds <= 0 or not self._windows:
+            return None
+        with self._lock:
+            window = self._windows.get((id(self.engine()), key))
+        return window if window is not None and window.expires_at > time.time() else None
+
+    def _forget(self, key: str | None = None) -> None:
+        with self._lock:
+            if key is None:
+                self._windows.clear()
+            else:
+                self._windows.pop((id(self.engine()), key), None)
+
+    # --- reading ------------------------------------------------------------------------------
 
     def get(self, key: str) -> int:
+        window = self._local(key)
+        if window is not None:
+            return window.count()
         row = self._read(key)
         if row is None or row[1] <= time.time():
             return 0
         return row[0]
 
     def get_expiry(self, key: str) -> float:
+        window = self._local(key)
+        if window is not None:
+            return window.expires_at
         row = self._read(key)
         now = time.time()
         if row is None or row[1] <= now:
@@ -214,11 +415,13 @@ class DatabaseStorage(Storage):
 
     def reset(self) -> int | None:
         self._cache().clear()
+        self._forget()
         with write_intent(True), self.engine().begin() as conn:
             return conn.execute(_DELETE_ALL).rowcount
 
     def clear(self, key: str) -> None:
         self._cache().pop(key, None)
+        self._forget(key)
         with write_intent(True), self.engine().begin() as conn:
             conn.execute(_DELETE_KEY, {"key": key})
 
