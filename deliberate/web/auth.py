@@ -157,12 +157,27 @@ def accept_invitation(token: str):
             _apply_errors(form, error, "password")
             status = 400
         else:
+            switched = _other_account(user)
+            logout_user()  # whoever was logged in here (the page said so)
             login_user(user)
+            if switched is not None:
+                flash(f"You are now logged in as {user.email}, not {switched}.", "info")
             flash("Your password is set. Welcome to deliberate.", "success")
             return redirect(_round_url(round_id), code=303)
     elif request.method == "POST":
         status = 400
-    return render_template("auth/invite.html", form=form, user=user), status
+    return (
+        render_template("auth/invite.html", form=form, user=user, other=_other_account(user)),
+        status,
+    )
+
+
+def _other_account(user) -> str | None:
+    """The email of the account logged in on this browser when it is not `user`'s (a link
+    opened in a browser someone else is logged in on): the page says it will switch."""
+    if current_user.is_authenticated and current_user.id != user.id:
+        return current_user.email
+    return None
 
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
@@ -182,13 +197,19 @@ def reset_password(token: str):
             _apply_errors(form, error, "password")
             status = 400
         else:
+            switched = _other_account(user)
             logout_user()
             login_user(user)
+            if switched is not None:
+                flash(f"You are now logged in as {user.email}, not {switched}.", "info")
             flash("Your new password is set.", "success")
             return redirect(url_for("index"), code=303)
     elif request.method == "POST":
         status = 400
-    return render_template("auth/reset.html", form=form, user=user), status
+    return (
+        render_template("auth/reset.html", form=form, user=user, other=_other_account(user)),
+        status,
+    )
 
 
 @bp.route("/account", methods=["GET", "POST"])

@@ -438,3 +438,36 @@ def test_a_copied_session_cookie_stops_working_after_a_password_change(app, clie
         fresh.post("/login", data={"email": user.email, "password": NEW_PASSWORD}).status_code
         == 303
     )
+
+
+def test_an_invitation_opened_while_someone_else_is_logged_in_says_it_switches(client, factory, db):
+    factory.user(email="ben@example.org")
+    assert client.post("/login", data={"email": "ben@example.org", "password": PASSWORD})
+    path = invite_link()
+    html = client.get(path).get_data(as_text=True)
+    assert 'id="switch-account"' in html
+    assert "logged in as\n<strong>ben@example.org</strong>" in html
+    assert "in as\n<strong>amy@example.org</strong>" in html
+    data = {"name": "Amy", "password": NEW_PASSWORD, "confirm": NEW_PASSWORD}
+    response = client.post(path, data=data, follow_redirects=True)
+    page = response.get_data(as_text=True)
+    assert "You are now logged in as amy@example.org, not ben@example.org." in page
+    assert client.get("/account").get_data(as_text=True).count("amy@example.org") >= 1
+    assert "ben@example.org" not in client.get("/account").get_data(as_text=True)
+
+
+def test_a_reset_link_opened_while_someone_else_is_logged_in_says_it_switches(client, factory, db):
+    amy = factory.user(email="amy@example.org")
+    factory.user(email="ben@example.org")
+    link = invitations.issue_password_reset(None, amy.id, "http://localhost")
+    path = link.removeprefix("http://localhost")
+    assert client.post("/login", data={"email": "ben@example.org", "password": PASSWORD})
+    assert 'id="switch-account"' in client.get(path).get_data(as_text=True)
+    data = {"password": NEW_PASSWORD, "confirm": NEW_PASSWORD}
+    page = client.post(path, data=data, follow_redirects=True).get_data(as_text=True)
+    assert "You are now logged in as amy@example.org, not ben@example.org." in page
+
+
+def test_an_invitation_opened_by_no_one_or_its_own_user_says_nothing_of_switching(client, db):
+    path = invite_link()
+    assert 'id="switch-account"' not in client.get(path).get_data(as_text=True)
