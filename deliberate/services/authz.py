@@ -53,5 +53,16 @@ def require_round_viewer(actor: User | None, round_: Round | None) -> User:
 
 
 def can_participate(user: User, round_: Round) -> bool:
-    """Whether the user may vote and write statements in the round (when it is open)."""
-    return user.is_active and is_in_audience(user, round_)
+    """Whether the user may vote and write statements in the round (when it is open).
+
+    Members take part in the rounds meant for their organisation, or in every round open to all
+    organisations (a member without an organisation is an individual member). Staff
+    (facilitators, leadership, admins) take part only as delegates of a member organisation:
+    with no organisation they run or read rounds but never vote in them, so that no vote is
+    counted for someone outside the coalition's membership.
+    """
+    if not user.is_active:
+        return False
+    if user.role != Role.MEMBER and user.organisation_id is None:
+        return False
+    return is_in_audience(user, round_)

@@ -23,6 +23,7 @@ from sqlalchemy.orm import selectinload
 from ..extensions import db
 from ..models import (
     ModerationMode,
+    Role,
     Round,
     RoundState,
     Statement,
@@ -113,6 +114,8 @@ def submit_statement(actor: User | None, round_id: int, text: str) -> Statement:
     round_ = _find_round(round_id)
     require_round_viewer(user, round_)
     if not can_participate(user, round_):
+        if user.role != Role.MEMBER and user.organisation_id is None:
+            raise NotAllowed("Staff without an organisation do not take part in rounds.")
         raise NotAllowed("This round is not open to your organisation.")
     # Imported lazily: rounds imports this module for the text helpers.
     from .rounds import is_accepting_votes

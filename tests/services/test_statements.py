@@ -157,8 +157,10 @@ def test_control_characters_are_dropped(db, round_, member):
 
 
 @pytest.mark.parametrize("state", [RoundState.DRAFT, RoundState.CLOSED, RoundState.PUBLISHED])
-def test_statements_need_an_open_round(db, factory, facilitator, member, state):
+def test_statements_need_an_open_round(db, factory, member, state):
     round_ = factory.round(state=state)
+    # A facilitator who is also a member organisation's delegate (so may take part).
+    facilitator = factory.user(Role.FACILITATOR, organisation=factory.organisation())
     # Members do not see drafts at all; facilitators see them but cannot post either.
     with pytest.raises((RoundClosed, NotFound)):
         statements.submit_statement(member, round_.id, "A new statement")
@@ -305,3 +307,17 @@ def test_set_meta(db, round_, facilitator):
     assert statement.is_meta is True
     statements.set_meta(facilitator, statement.id, True)
     assert actions(db) == ["statement.meta"]
+
+
+@pytest.mark.parametrize("role", [Role.FACILITATOR, Role.LEADERSHIP, Role.ADMIN])
+def test_staff_take_part_only_as_delegates_of_an_organisation(db, factory, role):
+    round_ = factory.round()  # open to every organisation
+    without = factory.user(role)
+    with pytest.raises(NotAllowed, match="Staff without an organisation"):
+        statements.submit_statement(without, round_.id, "A statement from the back office")
+    delegate = factory.user(role, organisation=factory.organisation())
+    statements.submit_statement(delegate, round_.id, "A statement from a delegate")
+    # A member without an organisation is an individual member and takes part.
+    individual = factory.user(Role.MEMBER)
+    statements.submit_statement(individual, round_.id, "A statement from an individual")
+    assert n_statements(db) == 2
