@@ -696,7 +696,8 @@ def _purge_round(round_id: int, now: datetime) -> bool:
             .execution_options(populate_existing=True)  # the locked row, not a cached copy
         )
         if db.engine.dialect.name == "postgresql":
-            query = query.with_for_update()
+            # As snapshots._store: serialises with it, not with votes (FOR KEY SHARE).
+            query = query.with_for_update(key_share=True)
         round_ = db.session.scalar(query)
         if round_ is None or round_.personal_data_purged_at is not None:
             db.session.rollback()

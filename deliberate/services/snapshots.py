@@ -325,7 +325,10 @@ def _store(
         query = select(Round.personal_data_purged_at).where(Round.id == round_id)
         if db.engine.dialect.name == "postgresql":
             # Serialise concurrent workers (and a retention purge) writing the same round.
-            query = query.with_for_update()
+            # FOR NO KEY UPDATE, not FOR UPDATE: every vote being written holds FOR KEY SHARE
+            # on its round's row (the foreign key), which FOR UPDATE would wait for, and new
+            # votes would then queue behind this lock until the snapshot commits.
+            query = query.with_for_update(key_share=True)
         if db.session.execute(query).scalar_one_or_none() != inputs.purged_at:
             # The round's personal data was purged while we computed: this result still names
             # the people; the purge rewrote the stored snapshot, and the next pass recomputes.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import threading
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 
 import deliberate.analysis as analysis
-from deliberate.models import Role, RoundState, Snapshot, Statement, VoteEvent
+from deliberate.extensions import db as _db
+from deliberate.models import Role, RoundState, Snapshot, Statement, Vote, VoteEvent, utcnow
 from deliberate.services import snapshots, voting
 from deliberate.services.errors import NotFound
 from deliberate.services.snapshots import (
@@ -17,6 +19,7 @@ from deliberate.services.snapshots import (
     refresh_snapshot,
     rounds_needing_analysis,
 )
+from tests.conftest import only_postgres
 
 TEXTS = [f"Statement number {i}" for i in range(1, 7)]
 
@@ -290,3 +293,45 @@ def test_votes_are_read_exactly(db, factory, members, big_ids):
     )
     assert got == expected  # in the order the votes were first cast
     assert inputs.value.dtype.name == "int8"
+
+
+@only_postgres
+def test_storing_a_snapshot_does_not_wait_for_votes_being_written(app, db, round_, members):
+    """A vote in flight holds FOR KEY SHARE on its round's row (the foreign key): the snapshot's
+    lock on that row must not wait for it (nor make the next votes queue behind it)."""
+    vote_all(round_, members[:-1])
+    statement_id = min(s.id for s in round_.statements)
+    late = members[-1]
+    db.session.commit()
+    finished = threading.Event()
+    outcome: dict = {}
+
+    def store() -> None:
+        with app.app_context():
+            try:
+                outcome["snapshot"] = refresh_snapshot(round_.id, force=True) is not None
+            except BaseException as error:  # pragma: no cover - reported below
+                outcome["error"] = error
+            finally:
+                _db.session.remove()
+                finished.set()
+
+    with _db.engine.connect() as other:
+        transaction = other.begin()
+        other.execute(
+            insert(Vote).values(
+                round_id=round_.id,
+                statement_id=statement_id,
+                user_id=late.id,
+                value=1,
+                created_at=utcnow(),
+                updated_at=utcnow(),
+            )
+        )
+        worker = threading.Thread(target=store)
+        worker.start()
+        stored_meanwhile = finished.wait(timeout=20)
+        transaction.rollback()
+    worker.join(timeout=60)
+    assert stored_meanwhile, "the snapshot waited for a vote's transaction"
+    assert outcome == {"snapshot": True}
