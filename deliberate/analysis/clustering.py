@@ -202,7 +202,38 @@ def _first_distinct(points: np.ndarray, k: int) -> np.ndarray:
 # to its previous centre's nearest centres, when that is provably exact (_assign_candidates).
 _NEAR_MIN_CENTERS = 32
 _NEAR_MIN_POINTS = 768
+# Candidate set sizes: first the _CANDIDATES nearest centres of the point's previous centre,
+# then (for the points that test fails) the _CANDIDATES_WIDE nearest, then every centre.
 _CANDIDATES = 6
+_CANDIDATES_WIDE = 24
+
+
+def _candidate_sets(cc2: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(size + 1, m) candidate centres of each centre (itself and its ``size`` nearest others,
+    in any order) and an (m, m) penalty, ``out[j, a]`` = +inf if j is a candidate of a, else 0
+    (added to the squared centre distances, the column minimum is the nearest non-candidate)."""
+    m = cc2.shape[0]
+    work = cc2.copy()
+    np.fill_diagonal(work, np.inf)
+    nn = np.argpartition(work, size - 1, axis=1)[:, :size]  # (m, size), any order
+    cand_t = np.concatenate([np.arange(m)[None, :], nn.T], axis=0)
+    penalty = np.zeros((m, m))
+    penalty[cand_t, np.arange(m)[None, :]] = np.inf
+    return cand_t, penalty
+
+
+def _nearest_of(
+    px: np.ndarray, py: np.ndarray, cx: np.ndarray, cy: np.ndarray, cand: np.ndarray
+) -> np.ndarray:
+    """For each point i, the nearest of the centres ``cand[:, i]`` (the later one on an exact
+    tie), with the plain step's arithmetic."""
+    d = px - cx[cand]
+    d *= d
+    e = py - cy[cand]
+    e *= e
+    d += e
+    dmin = np.minimum.reduce(d, axis=0)  # reductions over the first axis are elementwise
+    return np.maximum.reduce(np.where(d == dmin, cand, -1), axis=0)  # ties: the later centre
 
 
 def _assign_candidates(
@@ -219,55 +250,53 @@ def _assign_candidates(
     ``up`` = d(x, c_a) and ``reach`` = the distance from c_a to the nearest centre that is NOT
     a candidate, every such centre j has d(x, c_j) >= d(c_a, c_j) - up >= reach - up > up when
     up < reach / 2 (with a margin for rounding), so it is strictly farther than c_a and can be
-    neither the nearest nor tied. The distances are computed with the same operations as the
-    plain step, so the labels are identical; the other points get the plain step
-    (``full(rows)``). ``cache`` keeps the candidate sets between iterations (remade when the
-    number of centres changes)."""
+    neither the nearest nor tied. The points that fail the test try a wider candidate set
+    (``_CANDIDATES_WIDE``) under the same test, and the rest get the plain step
+    (``full(rows)``). The distances are computed with the same operations as the plain step,
+    so the labels are identical. ``cache`` keeps the candidate sets between iterations
+    (remade when the number of centres changes)."""
     m = centers.shape[0]
-    cx, cy = centers[:, 0], centers[:, 1]
-    cc = cx[:, None] - cx[None, :]
-    cc *= cc
-    dy = cy[:, None] - cy[None, :]
+    cx = np.ascontiguousarray(centers[:, 0])
+    cy = np.ascontiguousarray(centers[:, 1])
+    # squared centre-centre distances (symmetric: x - y is exactly -(y - x)); reach from the
+    # minimum of the squares (sqrt is monotone, so it is the minimum distance)
+    cc2 = np.empty((m, m))
+    np.copyto(cc2, cx[:, None])  # a broadcast copy, then a plain subtraction: faster
+    cc2 -= cx
+    cc2 *= cc2
+    dy = np.empty((m, m))
+    np.copyto(dy, cy[:, None])
+    dy -= cy
     dy *= dy
-    cc += dy
-    np.sqrt(cc, out=cc)
+    cc2 += dy
     if cache.get("m") != m:
-        ln = min(_CANDIDATES, m - 1)
-        np.fill_diagonal(cc, np.inf)
-        nn = np.argpartition(cc, ln - 1, axis=1)[:, :ln]  # (m, ln), any order
-        cand_t = np.concatenate([np.arange(m)[None, :], nn.T], axis=0)  # (ln + 1, m)
-        taken = np.zeros((m, m), dtype=bool)
-        taken[np.arange(m)[None, :], cand_t] = True
-        cache.update(m=m, cand_t=cand_t, taken=taken)
-    cand_t, taken = cache["cand_t"], cache["taken"]
-    reach = np.where(taken, np.inf, cc).min(axis=1)  # nearest non-candidate centre
+        sets = [_candidate_sets(cc2, min(_CANDIDATES, m - 1))]
+        if m - 1 > _CANDIDATES_WIDE:
+            sets.append(_candidate_sets(cc2, _CANDIDATES_WIDE))
+        cache.update(m=m, sets=sets)
+    sets = cache["sets"]
+    # column a (by symmetry, the distances from c_a) with the candidates of a at +inf: its
+    # minimum is the squared distance to the nearest non-candidate
+    reaches = [np.sqrt(np.minimum.reduce(cc2 + penalty, axis=0)) for _, penalty in sets]
     ux = px - cx[prev]
     ux *= ux
     uy = py - cy[prev]
     uy *= uy
     ux += uy
     up = np.sqrt(ux)
-    guard = up < 0.5 * reach[prev] * (1.0 - 1e-9)
-    out = np.empty(px.size, np.int64)
-    g = np.flatnonzero(guard)
-    if g.size:
-        cand = cand_t[:, prev[g]]  # (ln + 1, g)
-        d = px[g] - cx[cand]
-        d *= d
-        e = py[g] - cy[cand]
-        e *= e
-        d += e
-        # row by row (a reduction over the short first axis is slow in numpy)
-        dmin = d[0].copy()
-        for row in d[1:]:
-            np.minimum(dmin, row, out=dmin)
-        lab = np.where(d == dmin, cand, -1)
-        best = lab[0].copy()
-        for row in lab[1:]:
-            np.maximum(best, row, out=best)  # ties: the later centre
-        out[g] = best
-    if g.size < px.size:
-        rest = np.flatnonzero(~guard)
+    up *= 2.0 / (1.0 - 1e-9)  # test: up < reach / 2 * (1 - 1e-9)
+    # np.take along axis 1 keeps the (sets, points) result C-ordered (fancy indexing would give
+    # it Fortran order, and then the reductions over the first axis are slow)
+    out = _nearest_of(px, py, cx, cy, np.take(sets[0][0], prev, axis=1))
+    rest = (up >= reaches[0][prev]).nonzero()[0]
+    if rest.size and len(sets) > 1:
+        pr = prev[rest]
+        ok = up[rest] < reaches[1][pr]
+        wide = rest[ok]
+        if wide.size:
+            out[wide] = _nearest_of(px[wide], py[wide], cx, cy, np.take(sets[1][0], pr[ok], axis=1))
+        rest = rest[~ok]
+    if rest.size:
         out[rest] = full(rest)
     return out
 
@@ -293,8 +322,7 @@ def _kmeans_small(
     positive = np.count_nonzero(w > 0) == n
     m0 = centers.shape[0]
     buf_d = np.empty((m0, n))
-    buf_e = np.empty((m0, n))
-    buf_t = np.empty((n, m0))
+    buf_t = np.empty(n * m0)  # the y terms, then (same memory) the transposed sums
     near = m0 >= _NEAR_MIN_CENTERS and n >= _NEAR_MIN_POINTS
     cache: dict = {}
 
@@ -302,12 +330,18 @@ def _kmeans_small(
         m = centers.shape[0]
         px, py = (pxr, pyr) if rows is None else (pxr[rows], pyr[rows])
         k = px.size
-        d, e, t = buf_d[:m, :k], buf_e[:m, :k], buf_t[:k, :m]
+        d = buf_d[:m, :k]
+        e = buf_t[: m * k].reshape(m, k)
+        t = buf_t[: k * m].reshape(k, m)  # written only once e is used up
         # d[j, i] = (x_i - c_{m-1-j})^2 + (y_i - ...)^2: the centres reversed so that argmin's
-        # first-minimum rule picks the later centre on an exact tie (Pol.is map order)
-        np.subtract(px, centers[::-1, 0:1], out=d)
+        # first-minimum rule picks the later centre on an exact tie (Pol.is map order).
+        # Computed as (c - x)^2, bit-identical (IEEE subtraction is sign-symmetric), from a
+        # broadcast copy of the centres: faster than broadcasting inside the subtraction.
+        np.copyto(d, centers[::-1, 0:1])
+        np.subtract(d, px, out=d)
         np.multiply(d, d, out=d)
-        np.subtract(py, centers[::-1, 1:2], out=e)
+        np.copyto(e, centers[::-1, 1:2])
+        np.subtract(e, py, out=e)
         np.multiply(e, e, out=e)
         np.add(d, e, out=d)
         np.copyto(t, d.T)  # argmin along contiguous rows is several times faster
@@ -520,9 +554,15 @@ def clean_start(
 def _pairwise(points: np.ndarray) -> np.ndarray:
     """(n, n) Euclidean distances, as :func:`silhouette` computes them."""
     x, y = points[:, 0], points[:, 1]
-    d = x[:, None] - x[None, :]
+    n = x.size
+    # x_i - x_j as a broadcast copy minus a plain (row-broadcast) subtraction: the same values
+    d = np.empty((n, n))
+    np.copyto(d, x[:, None])
+    d -= x
     d *= d
-    e = y[:, None] - y[None, :]
+    e = np.empty((n, n))
+    np.copyto(e, y[:, None])
+    e -= y
     e *= e
     d += e
     return np.sqrt(d, out=d)
@@ -538,14 +578,19 @@ def silhouette(points: np.ndarray, labels: np.ndarray, dist: np.ndarray | None =
     if n == 0:
         return 0.0
     d = _pairwise(points) if dist is None else dist
-    labs, own = np.unique(labels, return_inverse=True)
-    own = own.reshape(-1)
+    labels = np.asarray(labels)
+    sizes = np.bincount(labels) if labels.dtype.kind in "iu" and labels.min() >= 0 else None
+    if sizes is not None and sizes.all():
+        own = labels  # already 0..k-1, every one used (as k-means labels are)
+    else:
+        labs, own = np.unique(labels, return_inverse=True)
+        own = own.reshape(-1)
+        sizes = np.bincount(own, minlength=labs.size)
     s = np.zeros(n)
-    if labs.size < 2:
+    if sizes.size < 2:
         return float(s.mean())  # no other cluster: every point scores 0
-    sizes = np.bincount(own, minlength=labs.size)
     # sum of the distances from each point to each cluster's members (one matrix product)
-    onehot = np.zeros((n, labs.size))
+    onehot = np.zeros((n, sizes.size))
     rows = np.arange(n)
     onehot[rows, own] = 1.0
     sums = d @ onehot
@@ -650,114 +695,182 @@ def _choice(rng: np.random.Generator, p: np.ndarray) -> int:
     return int(cdf.searchsorted(rng.random(), side="right"))
 
 
+def _sqrt_below(limit: float) -> float:
+    """The smallest double ``t`` with ``sqrt(t) >= limit``: as ``np.sqrt`` is correctly rounded
+    and so non-decreasing, ``sqrt(s) < limit`` exactly when ``s < t`` (NaN: both false)."""
+    t = np.float64(limit) * np.float64(limit)
+    while np.sqrt(t) >= limit:
+        t = np.nextafter(t, -np.inf)
+    while np.sqrt(t) < limit:
+        t = np.nextafter(t, np.inf)
+    return float(t)
+
+
+# squared distances below this are Pol.is's "closer than 0.01" (without a square root)
+_CLOSE_SQ = _sqrt_below(0.01)
+
+
 def _kmeans_batch(
     points: np.ndarray,
     w: np.ndarray,
     centers: np.ndarray,
     max_iters: int,
     ks: np.ndarray | None = None,
-) -> list[tuple[np.ndarray, np.ndarray] | None]:
+    stacked: bool = False,
+):
     """Several independent runs of the plain Lloyd loop of :func:`_kmeans_small` at once.
 
     points : (R, n, 2) (a broadcast view is fine); w : (R, n) positive weights; centers :
     (R, K, 2) starting centres. Every operation is the per-run one applied along a leading
-    run axis (elementwise arithmetic, row-wise argmin, per-bin sums that add the points in the
-    same order as a per-run ``bincount``, a per-run stable lexsort of the centres), so each run
-    gets exactly the labels and centres that :func:`polis_kmeans` gives it alone. A run in which
-    a cluster empties (its k would change) is returned as None for the caller to redo alone.
+    run axis (elementwise arithmetic, nearest centre with the later one winning exact ties,
+    per-bin sums that add the points in the same order as a per-run ``bincount``, a per-run
+    stable lexsort of the centres), so each run gets exactly the labels and centres that
+    :func:`polis_kmeans` gives it alone. A run in which a cluster empties (its k would change)
+    is returned as None for the caller to redo alone.
 
     ks : (R,) optional number of clusters of each run (runs with different k together): run r
-    uses ``centers[r, :ks[r]]``; the other rows are padding, kept at +inf (never the nearest
-    centre, never equal to a real centre, sorted last), so they change nothing in the run.
+    uses ``centers[r, :ks[r]]``; the other rows are padding (+inf, then NaN: never the nearest
+    centre, never close, sorted last), so they change nothing in the run.
 
-    Returns [(labels (n,), centers (k, 2)) or None] in run order.
+    Returns [(labels (n,), centers (k, 2)) or None] in run order; with ``stacked``, the same
+    as arrays: (ok (R,) bool, labels (R, n) int64, centers (R, K, 2)), rows valid where ok.
     """
     n_runs, n = w.shape
     k = centers.shape[1]
-    out: list[tuple[np.ndarray, np.ndarray] | None] = [None] * n_runs
-    active = np.arange(n_runs)
-    # Coordinates as (runs, points), the point axis contiguous; the squared distances as
-    # (runs, centres, points) so every elementwise step runs along contiguous points, and the
-    # nearest centre is found by a running minimum over the (at most a few) centres from the
-    # last to the first with a strict "<": on an exact tie the later centre wins, exactly as
-    # ``argmin`` over the reversed centres in :func:`_kmeans_small`.
-    xs = np.ascontiguousarray(points[:, :, 0], dtype=np.float64)
-    ys = np.ascontiguousarray(points[:, :, 1], dtype=np.float64)
-    ww = np.ascontiguousarray(w, dtype=np.float64)
-    wx = ww * xs
-    wy = ww * ys
-    cen = np.array(centers, dtype=np.float64)
+    ok = np.zeros(n_runs, dtype=bool)
+    out_lab = np.zeros((n_runs, n), np.int64)
+    out_cen = np.zeros((n_runs, k, 2))
+    if n_runs and k and n:
+        _kmeans_batch_run(points, w, centers, max_iters, ks, ok, out_lab, out_cen)
+    if stacked:
+        return ok, out_lab, out_cen
+    kr = [k] * n_runs if ks is None else np.asarray(ks).tolist()
+    return [
+        (out_lab[i], out_cen[i, : kr[i]]) if good else None for i, good in enumerate(ok.tolist())
+    ]
+
+
+def _kmeans_batch_run(
+    points: np.ndarray,
+    w: np.ndarray,
+    centers: np.ndarray,
+    max_iters: int,
+    ks: np.ndarray | None,
+    ok: np.ndarray,
+    out_lab: np.ndarray,
+    out_cen: np.ndarray,
+) -> None:
+    """The loop of :func:`_kmeans_batch`, writing each finished run into ``ok``, ``out_lab``
+    and ``out_cen``."""
+    n_runs, n = w.shape
+    k = centers.shape[1]
+    # Layout: coordinate- and centre-major, (2, K, runs, points), so that every elementwise
+    # step and every reduction over the (few) centres runs over long contiguous slabs, and x
+    # and y go through the same calls. When all runs share their points and weights
+    # (broadcast views, as the cold group clusterings pass), dropping finished runs needs no
+    # gather of the per-point arrays.
+    shared = points.strides[0] == 0 and w.strides[0] == 0
+    pxy = np.empty((2, 1, n_runs, n))
+    pxy[0, 0] = points[:, :, 0]
+    pxy[1, 0] = points[:, :, 1]
+    # weights, weighted x, weighted y: the three per-cluster sums come from one bincount
+    wts = np.empty((3, n_runs, n))
+    wts[0] = w
+    np.multiply(wts[0], pxy[0, 0], out=wts[1])
+    np.multiply(wts[0], pxy[1, 0], out=wts[2])
+    cen = np.empty((2, k, n_runs))  # (coordinate, centre, run)
+    cen[0] = centers[:, :, 0].T
+    cen[1] = centers[:, :, 1].T
     kr = np.full(n_runs, k, np.int64) if ks is None else np.asarray(ks, np.int64)
     pad = None
     if ks is not None and bool((kr < k).any()):
-        pad = np.arange(k)[None, :] >= kr[:, None]  # (R, K)
-        cen[pad] = np.inf
-    offs = np.arange(n_runs, dtype=np.int64)[:, None] * k
-    # k <= 127 here (a batch only ever holds the group clusterings, k <= a few): small ints
-    jidx = np.arange(1, k + 1, dtype=np.int8 if k < 127 else np.int64)[None, :, None]
-    nopad = np.zeros((n_runs, k), dtype=bool) if pad is None else pad
-    old_sorted = None
-    compact = True
-    stay = None
-    # 0 / 0 only in runs not full; inf - inf only in the padding (NaN: never "close")
+        pad = np.arange(k)[:, None] >= kr[None, :]  # (K, R)
+        cen[:, pad] = np.inf
+    real = int(kr.sum())  # real centres of the active runs
+    active = np.arange(n_runs)
+    runs = np.arange(n_runs)
+    # bin of (coordinate sum c, label j, run i) = (c * K + j) * r + i, from the 1-based label
+    part = np.arange(3)[:, None, None] * k - 1
+    koff = np.zeros((3, 0, 1), np.int64)
+    jdt = np.int8 if k < 127 else np.int64
+    j1 = np.arange(1, k + 1, dtype=jdt)[:, None, None]  # 1-based centre index per slab
+    buf_d = np.empty(2 * k * n_runs * n)
+    buf_q = np.empty(k * n_runs * n, dtype=bool)
+    buf_j = np.empty(k * n_runs * n, dtype=jdt)
+    old = None
+    # 0 / 0 only in runs not full and in the padding; inf - inf only in the padding
     with np.errstate(invalid="ignore", divide="ignore"):
         for it in range(max_iters + 1):
-            if not active.size:
-                break
             r = active.size
-            if not compact:
-                xs, ys, ww, wx, wy = xs[stay], ys[stay], ww[stay], wx[stay], wy[stay]
-                nopad = nopad[stay]
-            d = xs[:, None, :] - cen[:, :, 0:1]  # (r, K, n)
-            d *= d
-            e = ys[:, None, :] - cen[:, :, 1:2]
-            e *= e
-            d += e
+            if not r:
+                break
+            size = k * r * n
+            dd = buf_d[: 2 * size].reshape(2, k, r, n)
+            # (c - p)^2 is bit-identical to (p - c)^2 (IEEE subtraction is sign-symmetric)
+            np.copyto(dd, cen[:, :, :, None])
+            np.subtract(dd, pxy, out=dd)
+            np.multiply(dd, dd, out=dd)
+            d = np.add(dd[0], dd[1], out=dd[0])  # (K, r, n) squared distances
             # nearest centre, the later one on an exact tie: the largest j with d_j == min
-            mn = np.minimum.reduce(d, axis=1)
-            labels = np.maximum.reduce((d == mn[:, None, :]) * jidx, axis=1).astype(np.int64)
-            labels -= 1
-            keys = (labels + offs[:r]).ravel()
-            wsum = np.bincount(keys, weights=ww.ravel(), minlength=r * k).reshape(r, k)
-            sx = np.bincount(keys, weights=wx.ravel(), minlength=r * k).reshape(r, k)
-            sy = np.bincount(keys, weights=wy.ravel(), minlength=r * k).reshape(r, k)
-            full = np.logical_and.reduce((wsum > 0) | nopad, axis=1)  # else redo alone
-            new = np.empty((r, k, 2))
-            np.divide(sx, wsum, out=new[:, :, 0])
-            np.divide(sy, wsum, out=new[:, :, 1])
-            if pad is not None:
-                np.copyto(new, np.inf, where=nopad[:, :, None])
+            # (fmin: the padding's NaN centres are never the minimum)
+            mn = np.fmin.reduce(d, axis=0)
+            q = np.equal(d, mn, out=buf_q[:size].reshape(k, r, n))
+            jq = np.multiply(q, j1, out=buf_j[:size].reshape(k, r, n))
+            lab1 = np.maximum.reduce(jq, axis=0)  # (r, n), 1-based
+            if koff.shape[1] != r:
+                koff = part * r + runs[:r, None]  # (3, r, 1)
+            keys = np.multiply(lab1, r, dtype=np.int64)
+            keys = keys + koff  # (3, r, n)
+            sums = np.bincount(
+                keys.reshape(-1), weights=wts.reshape(-1), minlength=3 * k * r
+            ).reshape(3, k, r)
+            wsum = sums[0]
+            if np.count_nonzero(wsum) == real:
+                full = None  # every real cluster of every run has weight
+            else:
+                full = (wsum > 0) if pad is None else ((wsum > 0) | pad)
+                full = np.logical_and.reduce(full, axis=0)  # else redo alone
+            new = np.divide(sums[1:], wsum)  # (2, K, r); the padding becomes NaN
             if it == max_iters:
                 done = np.ones(r, dtype=bool)
-                new_sorted = None
             else:
-                rows = np.arange(r)[:, None]
-                if old_sorted is None:
-                    old_sorted = cen[rows, np.lexsort((cen[:, :, 1], cen[:, :, 0]), axis=-1)]
-                new_sorted = new[rows, np.lexsort((new[:, :, 1], new[:, :, 0]), axis=-1)]
-                dd = old_sorted - new_sorted
-                dd *= dd
-                close = np.sqrt(dd[:, :, 0] + dd[:, :, 1]) < 0.01
+                cols = runs[:r]
+                if old is None:
+                    old = cen[:, np.lexsort((cen[1], cen[0]), axis=0), cols]
+                srt = new[:, np.lexsort((new[1], new[0]), axis=0), cols]
+                dif = np.subtract(old, srt, out=old)
+                dif *= dif
+                close = np.add(dif[0], dif[1], out=dif[0]) < _CLOSE_SQ
+                if pad is not None:
+                    close |= pad
                 # every real centre close (the padding sorts last, as it is stored)
-                done = np.logical_and.reduce(close | nopad, axis=1)
-            fin = done & full
-            if fin.any():
-                kk = kr[active]
-                for i in np.flatnonzero(fin).tolist():
-                    out[int(active[i])] = (labels[i], new[i, : kk[i]])
-            stay = ~done & full
-            if stay.all():
-                cen = new
-                if new_sorted is not None:
-                    old_sorted = new_sorted
-                compact = True
+                done = np.logical_and.reduce(close, axis=0)
+                old = srt
+            fin = done if full is None else (done & full)
+            fi = fin.nonzero()[0]
+            if fi.size:
+                rows = active[fi]
+                ok[rows] = True
+                out_lab[rows] = lab1[fi] - 1  # 0-based
+                out_cen[rows] = new[:, :, fi].transpose(2, 1, 0)  # (f, K, 2)
+            if fi.size == 0 and full is None:
+                cen = new  # every run goes on
                 continue
-            active = active[stay]
-            cen = new[stay]
-            if new_sorted is not None:
-                old_sorted = new_sorted[stay]
-            compact = False
-    return out
+            keep = (~done if full is None else (~done & full)).nonzero()[0]
+            active = active[keep]
+            kr = kr[keep]
+            real = int(kr.sum())
+            cen = new[:, :, keep]
+            if old is not None:
+                old = old[:, :, keep]
+            if pad is not None:
+                pad = pad[:, keep]
+            if shared:  # every row holds the same points: keep the first ones, contiguous
+                pxy = pxy[:, :, : keep.size]
+                wts = np.ascontiguousarray(wts[:, : keep.size])
+            else:
+                pxy = pxy[:, :, keep]
+                wts = wts[:, keep]
 
 
 def _kpp_seeds(
@@ -868,14 +981,22 @@ def _kpp_seeds_multi(
             prob = weights * d2
             tot = prob.sum(axis=1)
             failed |= (kr > t) & ~(tot > 0)
-            c = np.cumsum(prob / tot[:, None], axis=1)
-            c /= c[:, -1:]
-            j = np.minimum(np.count_nonzero(c <= u[:, t : t + 1], axis=1), n - 1)
+            # each row's running sum, accumulated down the columns of the transposed view
+            # (the same sequential sums as along the rows, faster)
+            c = np.cumsum((prob / tot[:, None]).T, axis=0)
+            c /= c[-1]
+            j = np.minimum((c <= u[:, t]).sum(axis=0), n - 1)
             chosen.append(j)
-            dx = px[None, :] - px[j][:, None]
-            dy = py[None, :] - py[j][:, None]
-            e = dx * dx
-            e += dy * dy
+            # (c - p)^2 = (p - c)^2 bit for bit, from broadcast copies of the chosen points
+            e = np.empty_like(d2)
+            np.copyto(e, px[j][:, None])
+            e -= px
+            e *= e
+            dy = np.empty_like(d2)
+            np.copyto(dy, py[j][:, None])
+            dy -= py
+            dy *= dy
+            e += dy
             np.minimum(d2, e, out=d2)
     seeds = np.stack(chosen, axis=1)
     out: dict[int, list[list[int]] | None] = {}
@@ -990,58 +1111,86 @@ def cold_group_clusterings(
     batchable = (
         n > 0 and n < _BOUNDS_MIN_POINTS and n * max(ks) <= 262_144 and np.count_nonzero(w > 0) == n
     )
-    # runs: (k, index of the start: -1 = Pol.is's start, else restart number, centres)
-    runs: list[tuple[int, int, np.ndarray]] = []
+    # runs, in order: for each k, Pol.is's start (which = -1), then the seeded restarts
     p_w = w / w.sum() if n and w.sum() > 0 else None
     seeded = (
         _kpp_seeds_multi(points, w, p_w, [k for k in ks if distinct > k], restarts)
         if restarts and p_w is not None
         else {}
     )
+    run_k: list[int] = []
+    run_which: list[int] = []
+    run_size: list[int] = []
+    starts: list[np.ndarray] = []  # (runs of one k, k) point indices, one block per k
     for k in ks:
-        idx = distinct_idx[:k]
-        runs.append((k, -1, points[idx].astype(np.float64)))
+        block = [distinct_idx[:k]]
         if restarts and distinct > k and p_w is not None:
-            starts = seeded[k]
-            if starts is None:
+            seeds = seeded[k]
+            if seeds is None:
                 rng = np.random.default_rng(7919 + k)
-                starts = _kpp_seeds(points, w, p_w, k, restarts, rng)
-            for i, st in enumerate(starts):
-                runs.append((k, i, points[st].astype(np.float64)))
-    results: list = [None] * len(runs)
-    if batchable and len(runs) > 1:
-        kmax = max(c.shape[0] for _, _, c in runs)
-        cen = np.full((len(runs), kmax, 2), np.inf)
-        for i, (_, _, c) in enumerate(runs):
-            cen[i, : c.shape[0]] = c
-        res = _kmeans_batch(
-            np.broadcast_to(points, (len(runs),) + points.shape),
-            np.broadcast_to(w, (len(runs), n)),
+                seeds = _kpp_seeds(points, w, p_w, k, restarts, rng)
+            block.extend(np.asarray(seeds, np.intp).reshape(len(seeds), k))
+        run_k.extend([k] * len(block))
+        run_which.extend(range(-1, len(block) - 1))
+        starts.append(np.asarray(block, np.intp).reshape(len(block), -1))
+        run_size.extend([starts[-1].shape[1]] * len(block))  # < k: fewer distinct points
+    n_runs = len(run_k)
+    kmax = max(ks)
+    cen = np.full((n_runs, kmax, 2), np.inf)
+    r0 = 0
+    for block in starts:
+        cen[r0 : r0 + block.shape[0], : block.shape[1]] = points[block]
+        r0 += block.shape[0]
+    # every run's labels and centres (a row per run; the batch's padding rows are NaN and
+    # never indexed by a label); a run the batch cannot take is run alone
+    if batchable and n_runs > 1:
+        ok, labels, centres = _kmeans_batch(
+            np.broadcast_to(points, (n_runs,) + points.shape),
+            np.broadcast_to(w, (n_runs, n)),
             cen,
             max_iters,
-            ks=np.array([c.shape[0] for _, _, c in runs]),
+            ks=np.asarray(run_size),
+            stacked=True,
         )
-        for i, one in enumerate(res):
-            if one is not None:
-                kr = one[1].shape[0]
-                results[i] = Clustering(np.arange(kr, dtype=np.int64), one[1], one[0])
-    for i, (k, which, c) in enumerate(runs):
-        if results[i] is None:
-            if which < 0:
-                results[i] = polis_kmeans(points, k, max_iters, weights=weights)
-            else:
-                results[i] = polis_kmeans(
-                    points,
-                    k,
-                    max_iters,
-                    weights=weights,
-                    init_ids=np.arange(k),
-                    init_centers=c,
-                )
-    inert = _inertias(points, w, results) if restarts else [0.0] * len(runs)
-    out: dict[int, Clustering] = {}
+    else:
+        ok = np.zeros(n_runs, dtype=bool)
+        labels, centres = np.zeros((n_runs, n), np.int64), np.zeros((n_runs, kmax, 2))
+    alone: dict[int, Clustering] = {}
+    for i in (~ok).nonzero()[0].tolist():
+        k = run_k[i]
+        if run_which[i] < 0:
+            cl = polis_kmeans(points, k, max_iters, weights=weights)
+        else:
+            cl = polis_kmeans(
+                points,
+                k,
+                max_iters,
+                weights=weights,
+                init_ids=np.arange(k),
+                init_centers=cen[i, :k],
+            )
+        alone[i] = cl
+        labels[i] = cl.labels
+        centres[i] = 0.0
+        centres[i, : cl.centers.shape[0]] = cl.centers
+    if restarts:
+        # weighted inertia of every run at once: per run the arithmetic of _inertia (a row
+        # sum over the contiguous point axis is the 1-D sum)
+        d = points[None, :, :] - centres[np.arange(n_runs)[:, None], labels]
+        inert = (w[None, :] * (d * d).sum(axis=2)).sum(axis=1).tolist()
+    else:
+        inert = [0.0] * n_runs
+    best: dict[int, int] = {}
     best_i = 0.0
-    for i, (k, which, _) in enumerate(runs):
-        if which < 0 or inert[i] < best_i - 1e-12 * max(best_i, 1.0):
-            out[k], best_i = results[i], inert[i]
+    for i in range(n_runs):
+        if run_which[i] < 0 or inert[i] < best_i - 1e-12 * max(best_i, 1.0):
+            best[run_k[i]], best_i = i, inert[i]
+    out: dict[int, Clustering] = {}
+    for k in ks:
+        i = best[k]
+        if i in alone:
+            out[k] = alone[i]
+        else:
+            size = run_size[i]
+            out[k] = Clustering(np.arange(size, dtype=np.int64), centres[i, :size], labels[i])
     return out

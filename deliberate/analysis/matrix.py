@@ -45,7 +45,8 @@ def _factorize(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 # ids are exactly 0..u-1 (e.g. already codes): they are their own codes
                 return np.arange(hi + 1, dtype=ids.dtype), ids.astype(np.int32, copy=False)
             uniques = np.flatnonzero(present)
-            lookup = np.cumsum(present, dtype=np.int64).astype(np.int32) - 1
+            lookup = np.empty(hi + 1, np.int32)  # only read at present ids
+            lookup[uniques] = np.arange(uniques.size, dtype=np.int32)
             return uniques.astype(ids.dtype, copy=False), lookup[ids]
         uniques, codes = np.unique(ids, return_inverse=True)
         return uniques, codes.astype(np.int32)

@@ -7,8 +7,9 @@ wherever a vote is missing, ``C`` has the sparsity of the votes: ``C[i, j] = v_i
 on voted cells and 0 elsewhere. We therefore never build the dense matrix:
 
 * ``CᵀC`` is accumulated from row chunks densified a few thousand rows at a time (BLAS syrk),
-  then its top two eigenpairs are taken exactly (``eigh``, or subspace iteration to convergence
-  on the Gram matrix when it is large);
+  then its top two eigenpairs are taken exactly (``eigh``; from 96 statements a Lanczos
+  iteration that agrees with ``eigh`` to rounding, falling back to it on near-ties; subspace
+  iteration to convergence on the Gram matrix when it is large);
 * for very wide conversations (more statements than ``Params.gram_max_statements``) a block
   subspace iteration with sparse products (``np.bincount``) is run to convergence instead.
 
@@ -112,13 +113,93 @@ def _gram(
     return g
 
 
+# From this many statements (up to 300), the top eigenpairs of the Gram matrix come from a
+# Lanczos iteration instead of a full ``eigh`` (see _top_eig_lanczos).
+_LANCZOS_MIN = 96
+
+
+def _top_eig_lanczos(
+    g: np.ndarray, n_top: int = 2, max_steps: int = 120
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Top eigenpairs of a symmetric PSD matrix by Lanczos with full reorthogonalisation, run
+    until the Ritz residuals of the top ``n_top`` pairs are below 1e-14 of the largest
+    eigenvalue: the eigenvalues and unit eigenvectors then agree with ``np.linalg.eigh``'s to
+    rounding (about 1e-15), at a fraction of its cost (no full tridiagonalisation). Returns
+    None - the caller then uses ``eigh`` - when it does not converge within ``max_steps``,
+    when the Krylov space closes early, when two of the top ``n_top + 1`` Ritz values are
+    within 1e-8 (a near-tie: the vectors are then eigh's own choice) or when an eigenvalue
+    seems missed (:func:`_missed_eigenvalue`). Deterministic (fixed start)."""
+    n = g.shape[0]
+    steps = min(n - 1, max_steps)
+    if steps < n_top + 6:
+        return None
+    q = np.empty((steps + 1, n))
+    start = np.random.default_rng(20240601).standard_normal(n)
+    q[0] = start / np.linalg.norm(start)
+    alpha = np.empty(steps)
+    beta = np.empty(steps)
+    for j in range(steps):
+        w = g @ q[j]
+        alpha[j] = q[j] @ w
+        basis = q[: j + 1]
+        w -= basis.T @ (basis @ w)  # full reorthogonalisation, twice
+        w -= basis.T @ (basis @ w)
+        b = float(np.linalg.norm(w))
+        beta[j] = b
+        if not b > 1e-12 * max(abs(alpha[0]), 1e-300):
+            return None  # invariant subspace: let eigh decide
+        if j >= n_top + 6 and j % 2 == 0:
+            t = np.diag(alpha[: j + 1])
+            off = beta[:j]
+            t[np.arange(j), np.arange(1, j + 1)] = off
+            t[np.arange(1, j + 1), np.arange(j)] = off
+            tv, ts = np.linalg.eigh(t)
+            tv, ts = tv[::-1], ts[:, ::-1]
+            scale = max(float(tv[0]), 1e-300)
+            if float(np.abs(b * ts[-1, :n_top]).max()) <= 1e-14 * scale:
+                if float((tv[:n_top] - tv[1 : n_top + 1]).min()) <= 1e-8 * scale:
+                    return None  # a (near) tie: which vectors eigh returns is its own choice
+                if _missed_eigenvalue(g, basis, float(tv[n_top])):
+                    return None
+                return tv[:n_top].copy(), basis.T @ ts[:, :n_top]
+        q[j + 1] = w / b
+    return None
+
+
+def _missed_eigenvalue(g: np.ndarray, basis: np.ndarray, next_ritz: float) -> bool:
+    """Whether the orthogonal complement of the Krylov space ``basis`` seems to hold an
+    eigenvalue above ``next_ritz`` (the first unwanted Ritz value): a Krylov space from one
+    start vector holds one direction of a repeated eigenvalue only, so with an exactly repeated
+    top eigenvalue Lanczos would miss the other copy. A few power steps on a fixed random vector
+    kept orthogonal to the basis find it (its Rayleigh quotient then exceeds ``next_ritz``); a
+    false alarm only sends the caller to ``eigh``."""
+    z = np.random.default_rng(20240602).standard_normal(g.shape[0])
+    for _ in range(8):
+        z -= basis.T @ (basis @ z)
+        z -= basis.T @ (basis @ z)
+        nz = float(np.linalg.norm(z))
+        if nz == 0.0:
+            return False
+        z /= nz
+        y = g @ z
+        if float(z @ y) > next_ritz * (1.0 - 1e-9):
+            return True
+        z = y
+    return False
+
+
 def _top_eig_dense(g: np.ndarray, n_top: int = 2) -> tuple[np.ndarray, np.ndarray]:
-    """Top eigenpairs of a symmetric PSD matrix: eigh for small, subspace iteration for large.
+    """Top eigenpairs of a symmetric PSD matrix: eigh for small, Lanczos (to rounding) from
+    ``_LANCZOS_MIN`` rows, subspace iteration for large.
 
     Returns eigenvalues (n_top,) descending and vectors (n, n_top).
     """
     n = g.shape[0]
     if n <= 300:  # eigh is cheap and exact; above, subspace iteration is several times faster
+        if n >= _LANCZOS_MIN:
+            top = _top_eig_lanczos(g, n_top)
+            if top is not None:
+                return top
         vals, vecs = np.linalg.eigh(g)
         return vals[::-1][:n_top], vecs[:, ::-1][:, :n_top]
     # Subspace iteration with Rayleigh-Ritz, run to convergence (residual <= 1e-12 * lambda_1).

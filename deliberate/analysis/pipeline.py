@@ -378,6 +378,8 @@ class AnalysisResult:
 # ---------------------------------------------------------------------------- helpers
 def _mask_of(ids: list, wanted: Iterable) -> np.ndarray:
     w = set(wanted)
+    if not w:
+        return np.zeros(len(ids), dtype=bool)
     w |= {str(x) for x in w}
     return np.fromiter(((s in w) or (str(s) in w) for s in ids), bool, len(ids))
 
@@ -401,11 +403,14 @@ def _prev_components(state: dict, col_index: dict, n_cols: int) -> np.ndarray | 
     return prev if prev.any() else None
 
 
-def _members_by_label(keys: np.ndarray, labels: np.ndarray, n: int) -> list[np.ndarray]:
-    """keys[labels == i] for i in 0..n-1, in key order within each label (one stable sort)."""
+def _members_by_label(keys: np.ndarray, labels: np.ndarray, n: int) -> list[list]:
+    """keys[labels == i].tolist() for i in 0..n-1, in key order within each label (one stable
+    sort, one conversion to Python objects, then list slices)."""
+    labels = np.asarray(labels)
     order = np.argsort(labels, kind="stable")
-    bounds = np.searchsorted(labels[order], np.arange(n + 1))
-    return [keys[order[bounds[i] : bounds[i + 1]]] for i in range(n)]
+    bounds = np.searchsorted(labels[order], np.arange(n + 1)).tolist()
+    flat = keys[order].tolist()
+    return [flat[bounds[i] : bounds[i + 1]] for i in range(n)]
 
 
 def _fold(cl: Clustering, keys: list[list]) -> dict:
@@ -500,7 +505,6 @@ def run_analysis(
     base_sizes = np.bincount(base.labels, minlength=n_base).astype(np.float64)
     base_of_row = np.full(n_rows, -1, np.int64)
     base_of_row[ic] = base.labels
-    base_members = base.members(keys)
 
     # --- group clusterings for every allowed k, silhouette, smoother
     n_distinct = _n_distinct(base.centers) if n_base else 0
@@ -605,7 +609,7 @@ def run_analysis(
         else bridging_scores(group_counts(votes, np.where(in_conv, 0, -1), 1))
     )
     div = divisiveness(gv, mod_out, params.divisive_min_votes) if k else np.full(n_cols, np.nan)
-    elig = np.flatnonzero(~np.isnan(div) & (np.nan_to_num(div) > 0))
+    elig = np.flatnonzero(div > 0)  # NaN (not eligible) compares False
     div_order = elig[np.argsort(-div[elig], kind="stable")][: params.divisive_max]
     divisive = [sids[j] for j in div_order.tolist()]
 
@@ -652,17 +656,20 @@ def run_analysis(
         "version": STATE_VERSION,
         "in_conv": votes.participant_ids[in_conv].tolist(),
         "pca": {"statements": list(sids), "components": pca.components.tolist()},
-        "base_clusters": {"id": base.ids.tolist(), "members": [m.tolist() for m in base_members]},
+        "base_clusters": {
+            "id": base.ids.tolist(),
+            "members": _members_by_label(keys, base.labels, n_base),
+        },
         "group_clusterings": {
             str(kk): {
                 "id": cl.ids.tolist(),
-                "members": [base.ids[cl.labels == i].tolist() for i in range(cl.ids.size)],
+                "members": _members_by_label(base.ids, cl.labels, cl.ids.size),
             }
             for kk, cl in clusterings.items()
         },
         "smoother": smoother,
         "groups": [
-            {"id": g, "members": members.tolist()}
+            {"id": g, "members": members}
             for g, members in zip(
                 group_ids, _members_by_label(keys, group_of_row[ic], len(group_ids)), strict=True
             )

@@ -12,6 +12,8 @@ Method (kept cheap so it runs on every snapshot, even at 35 million votes):
 * All per-bucket sums (votes per group and statement, base-cluster sizes and projection sums)
   are taken in ONE pass over the votes (``np.bincount``); each replicate is then a small matrix
   product ``weights (R x M) @ sums (M x ...)``. Cost: O(votes) + O(R x M x groups x statements).
+  (Small conversations take the same integer sums as participant weights times the 0/1 vote
+  matrix, which is smaller then.)
 * **Members.** Each replicate reweights the base clusters (sizes and centres) and reclusters
   them at the snapshot's k, warm-started from the snapshot's groups (as the next update would
   be). Base clusters absent from a replicate go to the nearest replicate group centre. Replicate
@@ -160,9 +162,10 @@ def _replicate_membership(
     safe = np.where(present, bw, 1.0)
     # (R, n_base, 2): the replicate's centre of each present base cluster; an absent one keeps
     # its snapshot centre (with weight 0 it moves no centre; its label is set below)
-    pts = np.where(
-        present[:, :, None], np.stack([bx / safe, by / safe], axis=2), base_centers[None, :, :]
-    )
+    pts = np.empty((n_r, n_base, 2))
+    np.divide(bx, safe, out=pts[:, :, 0])
+    np.divide(by, safe, out=pts[:, :, 1])
+    np.copyto(pts, base_centers[None, :, :], where=~present[:, :, None])
     gw = bw @ onehot  # (R, k) replicate weight of each snapshot group
     init = np.stack([bx @ onehot, by @ onehot], axis=2) / np.where(gw > 0, gw, 1.0)[:, :, None]
     ok = (gw > 0).all(axis=1)
@@ -176,16 +179,14 @@ def _replicate_membership(
     labels = np.zeros((n_r, n_base), np.int64)
     alone: list[int] = np.flatnonzero(~ok).tolist()
     if batched.size and n_base < _BOUNDS_MIN_POINTS and n_base * k <= 262_144:
-        res = _kmeans_batch(pts[batched], bw[batched], init[batched], group_iters)
-        good = []
-        for i, one in zip(batched.tolist(), res, strict=True):
-            if one is None:
-                alone.append(i)
-                continue
-            good.append(i)
-            labels[i] = one[0]
-            init[i] = one[1]  # final centres
-        good_a = np.asarray(good, np.int64)
+        ok_b, lab_b, cen_b = _kmeans_batch(
+            pts[batched], bw[batched], init[batched], group_iters, stacked=True
+        )
+        alone.extend(batched[~ok_b].tolist())
+        good = batched[ok_b]
+        labels[good] = lab_b[ok_b]
+        init[good] = cen_b[ok_b]  # final centres
+        good_a = good
         if good_a.size:
             cen = init[good_a]  # (G, k, 2)
             # absent base clusters: nearest final centre (the first on a tie, as np.argmin)
@@ -205,7 +206,8 @@ def _replicate_membership(
                 minlength=good_a.size * k * k,
             ).reshape(good_a.size, k, k)
             mapped = _greedy_match(ov)
-            same[good_a] = np.take_along_axis(mapped, lab, axis=1) == group_of_base[None, :]
+            rows = np.arange(good_a.size)[:, None]
+            same[good_a] = mapped[rows, lab] == group_of_base[None, :]
     else:
         alone.extend(batched.tolist())
     if alone:
@@ -285,6 +287,13 @@ def _replicate_counts(
     n_cols = votes.n_cols
     replicates = w.shape[0]
     size = m * g1 * 3 * n_cols
+    exact32 = float(w.max(initial=0.0)) * max(votes.n_rows, 1) < 2.0**24
+    dtype = np.float32 if exact32 else np.float64
+    if (
+        votes.n_rows <= _PARTICIPANT_FACTOR * m * g1
+        and votes.n_rows * 3 * n_cols <= _PARTICIPANT_CELLS
+    ):
+        return _replicate_counts_by_participant(votes, stat_groups, g1, bucket, w, dtype)
     key_row = bucket * g1 + stat_groups.astype(np.int64) + 1  # (n_rows,)
     per = None
     for a, b in votes.entry_chunks(max(1 << 20, size)):
@@ -297,9 +306,48 @@ def _replicate_counts(
             per += cnt
     if per is None:
         per = np.zeros(size, np.int64)
-    exact32 = float(w.max(initial=0.0)) * max(votes.n_rows, 1) < 2.0**24
-    dtype = np.float32 if exact32 else np.float64
     rep = w.astype(dtype) @ per.reshape(m, -1).astype(dtype)
+    return rep.astype(np.float64, copy=False).reshape(replicates, g1, 3, n_cols)
+
+
+# Participants x (3 x statements) cells up to which _replicate_counts may take the participant
+# route (a dense 0/1 matrix of that many float32 cells).
+_PARTICIPANT_CELLS = 4_000_000
+_PARTICIPANT_FACTOR = 2
+
+
+def _replicate_counts_by_participant(
+    votes: Votes,
+    stat_groups: np.ndarray,
+    g1: int,
+    bucket: np.ndarray,
+    w: np.ndarray,
+    dtype: type,
+) -> np.ndarray:
+    """:func:`_replicate_counts` for conversations with not many more participants than
+    buckets x groups: each replicate's counts of a group are its participants' weights (their
+    bucket's) times the 0/1 matrix of their votes (participant x (category, statement)). The
+    same integer sums as the bucket route (exact in float32 under the same bound, as in
+    float64), with a smaller matrix and fewer operations."""
+    n_rows, n_cols = votes.n_rows, votes.n_cols
+    replicates = w.shape[0]
+    width = 3 * n_cols
+    grp = stat_groups.astype(np.int64) + 1  # 0 = no group
+    order = np.argsort(grp, kind="stable")
+    bounds = np.searchsorted(grp[order], np.arange(g1 + 1)).tolist()
+    pos = np.empty(n_rows, np.int64)
+    pos[order] = np.arange(n_rows)
+    onehot = np.zeros(n_rows * width, dtype)
+    for a, b in votes.entry_chunks():
+        # category 0 agree, 1 pass, 2 disagree (= 1 - value)
+        onehot[(pos[votes.row[a:b]] * 3 + (1 - votes.value[a:b])) * n_cols + votes.col[a:b]] = 1
+    onehot = onehot.reshape(n_rows, width)
+    wp = w.astype(dtype)[:, bucket[order]]  # (R, participants in group order)
+    rep = np.empty((replicates, g1, width), dtype)
+    for g in range(g1):
+        np.matmul(
+            wp[:, bounds[g] : bounds[g + 1]], onehot[bounds[g] : bounds[g + 1]], out=rep[:, g]
+        )
     return rep.astype(np.float64, copy=False).reshape(replicates, g1, 3, n_cols)
 
 

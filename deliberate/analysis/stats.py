@@ -156,11 +156,13 @@ def select_repness(
     cols_a = np.flatnonzero(~mod_out)
     cols = cols_a.tolist()
     a_tot, d_tot, ns_tot = a.sum(0), d.sum(0), ns_all.sum(0)
+    # every group's statistics at once (elementwise: the same values as group by group)
+    sv_all = _comment_stats(a, d, ns_all, a_tot - a, d_tot - d, ns_tot - ns_all)
+    st_all = {k: v.tolist() for k, v in sv_all.items()}
     for gi in range(n_groups):
-        na, nd, ns = a[gi], d[gi], ns_all[gi]
-        NA, ND, NS = a_tot - na, d_tot - nd, ns_tot - ns
-        sv = _comment_stats(na, nd, ns, NA, ND, NS)
-        st = {k: v.tolist() for k, v in sv.items()}
+        na, nd = a[gi], d[gi]
+        sv = {k: v[gi] for k, v in sv_all.items()}
+        st = {k: v[gi] for k, v in st_all.items()}
         pa, pat, ra, rat, rdt = st["pa"], st["pat"], st["ra"], st["rat"], st["rdt"]
         # sufficient statements, in column order (vectorised: the same comparisons)
         suff_mask = ((sv["rat"] > Z90) & (sv["pat"] > Z90)) | (

@@ -109,7 +109,10 @@ def test_batched_inertias_equal_one_at_a_time():
         assert C._inertias(pts, w, runs) == [C._inertia(pts, w, cl) for cl in runs]
 
 
-def test_base_kmeans_candidate_search_gives_the_plain_result(monkeypatch):
+@pytest.mark.parametrize("wide", [24, 10**9])
+def test_base_kmeans_candidate_search_gives_the_plain_result(monkeypatch, wide):
+    # wide = 10**9: no second (wide) candidate level, the points that fail the first test get
+    # the plain step directly
     rng = np.random.default_rng(4)
     for trial in range(12):
         n = int(rng.integers(800, 2000))
@@ -119,10 +122,38 @@ def test_base_kmeans_candidate_search_gives_the_plain_result(monkeypatch):
         plain = C.polis_kmeans(pts, 100, 100, weights=w)
         monkeypatch.setattr(C, "_NEAR_MIN_CENTERS", 32)
         monkeypatch.setattr(C, "_NEAR_MIN_POINTS", 256)
+        monkeypatch.setattr(C, "_CANDIDATES_WIDE", wide)
         near = C.polis_kmeans(pts, 100, 100, weights=w)
         assert np.array_equal(plain.labels, near.labels)
         assert np.array_equal(plain.centers, near.centers)
         assert np.array_equal(plain.ids, near.ids)
+
+
+def test_kmeans_batch_with_per_run_points_equals_one_run_at_a_time():
+    # the bootstrap's case: every run has its own points and weights (some weights 0)
+    rng = np.random.default_rng(10)
+    checked = 0
+    for trial in range(40):
+        n = int(rng.integers(5, 120))
+        runs = int(rng.integers(1, 10))
+        k = int(rng.integers(1, 6))
+        if k > n:
+            continue
+        pts = np.stack([_points(rng, n, trial % 3) for _ in range(runs)])
+        w = rng.integers(0, 5, (runs, n)).astype(float)
+        w[:, :k] = np.maximum(w[:, :k], 1.0)
+        cen = np.stack([pts[r, rng.choice(n, size=k, replace=False)] for r in range(runs)])
+        res = C._kmeans_batch(pts, w, cen, 20)
+        for r in range(runs):
+            if res[r] is None:
+                continue  # a cluster emptied (or lost all weight): the caller redoes it alone
+            one = C.polis_kmeans(
+                pts[r], k, 20, weights=w[r], init_ids=np.arange(k), init_centers=cen[r]
+            )
+            assert np.array_equal(res[r][0], one.labels)
+            assert np.array_equal(res[r][1], one.centers)
+            checked += 1
+    assert checked > 50
 
 
 def test_silhouette_matches_the_definition():
@@ -151,7 +182,10 @@ def _votes(rng: np.random.Generator, n: int, m: int) -> Votes:
     return Votes.from_arrays(p.ravel()[keep], s.ravel()[keep], v[keep])
 
 
-def test_replicate_counts_are_the_weighted_bucket_counts():
+@pytest.mark.parametrize("participant_cells", [0, 4_000_000])
+def test_replicate_counts_are_the_weighted_bucket_counts(monkeypatch, participant_cells):
+    # participant_cells = 0: the bucket route only; else the participant route where it applies
+    monkeypatch.setattr(S, "_PARTICIPANT_CELLS", participant_cells)
     rng = np.random.default_rng(6)
     for g in (1, 3, 5):
         votes = _votes(rng, int(rng.integers(20, 300)), int(rng.integers(3, 40)))
@@ -194,3 +228,91 @@ def test_greedy_match_equals_match_ids():
         ids = C.match_ids(ov, list(range(k)), fresh_ids=list(range(k, 2 * k)))
         fast = S._greedy_match(ov[None])[0]
         assert [i if i < k else -1 for i in ids] == fast.tolist()
+
+
+def test_lanczos_top_eigenpairs_equal_eigh():
+    from deliberate.analysis import pca as P
+
+    rng = np.random.default_rng(11)
+    used = 0
+    for _ in range(20):
+        n = int(rng.integers(96, 300))
+        r = int(rng.integers(2, 40))
+        a = rng.normal(size=(n, r)) * rng.uniform(0.1, 3.0, r)
+        g = a @ a.T
+        top = P._top_eig_lanczos(g, 2)
+        vals, vecs = np.linalg.eigh(g)
+        if top is None:  # the caller falls back to eigh
+            continue
+        used += 1
+        assert np.allclose(top[0], vals[::-1][:2], rtol=1e-13, atol=0)
+        v = top[1] * np.sign((top[1] * vecs[:, ::-1][:, :2]).sum(axis=0))
+        assert np.abs(v - vecs[:, ::-1][:, :2]).max() < 1e-11
+    assert used > 10
+    # an exact tie between the 2nd and 3rd eigenvalues, or rank 1: eigh decides
+    g = np.diag(np.r_[5.0, 2.0, 2.0, np.linspace(1.0, 0.1, 120)])
+    assert P._top_eig_lanczos(g, 2) is None
+    x = rng.normal(size=130)
+    assert P._top_eig_lanczos(np.outer(x, x), 2) is None
+
+
+def test_silhouette_with_sparse_or_negative_labels_matches_dense_labels():
+    rng = np.random.default_rng(12)
+    for _ in range(20):
+        n = int(rng.integers(3, 60))
+        pts = rng.normal(size=(n, 2))
+        labels = rng.integers(0, 4, n)
+        ids = np.array([-3, 7, 11, 40])
+        assert C.silhouette(pts, ids[labels]) == C.silhouette(
+            pts, np.unique(labels, return_inverse=True)[1]
+        )
+
+
+def test_lanczos_leaves_repeated_top_eigenvalues_to_eigh():
+    from deliberate.analysis import pca as P
+
+    rng = np.random.default_rng(13)
+    for spectrum in ([5.0, 5.0, 2.0], [5.0, 3.0, 3.0], [4.0, 4.0, 4.0]):
+        q, _ = np.linalg.qr(rng.normal(size=(150, 150)))
+        vals = np.r_[spectrum, np.linspace(1.0, 0.01, 147)]
+        g = (q * vals) @ q.T
+        g = (g + g.T) / 2
+        assert P._top_eig_lanczos(g, 2) is None
+        ev, vec = P._top_eig_dense(g, 2)
+        ref_vals, ref_vecs = np.linalg.eigh(g)
+        assert np.array_equal(ev, ref_vals[::-1][:2])
+        assert np.array_equal(vec, ref_vecs[:, ::-1][:, :2])
+
+
+def test_cold_group_clusterings_with_fewer_distinct_points_than_k():
+    rng = np.random.default_rng(14)
+    for _ in range(10):
+        pts = np.repeat(rng.normal(size=(3, 2)), 4, axis=0)  # 3 distinct points
+        w = rng.integers(1, 5, pts.shape[0]).astype(float)
+        fast = C.cold_group_clusterings(pts, w, [2, 3, 4, 5], 20, 10)
+        slow = _best_of_restarts_per_k(pts, w, [2, 3, 4, 5], 20, 10)
+        for k in (2, 3, 4, 5):
+            assert np.array_equal(fast[k].labels, slow[k].labels)
+            assert np.array_equal(fast[k].centers, slow[k].centers)
+            assert np.array_equal(fast[k].ids, slow[k].ids)
+
+
+def test_consensus_members_equal_a_stable_sort():
+    rng = np.random.default_rng(15)
+    for _ in range(30):
+        r, n = int(rng.integers(1, 12)), int(rng.integers(1, 40))
+        seen = rng.integers(0, 8, (r, n)).astype(float)
+        agree = np.floor(seen * rng.random((r, n)))
+        disagree = np.floor((seen - agree) * rng.random((r, n)))  # many exact ties
+        mod_out = rng.random(n) < 0.2
+        max_n = int(rng.integers(1, 8))
+        got = S._consensus_members(agree, disagree, seen, mod_out, max_n)
+        for succ, member in zip((agree, disagree), got, strict=True):
+            p = (succ + 1.0) / (seen + 2.0)
+            t = 2.0 * np.sqrt(seen + 1.0) * ((succ + 1.0) / (seen + 1.0) - 0.5)
+            score = np.where((p > 0.5) & (t > 1.2816) & ~mod_out, p * t, -np.inf)
+            want = np.zeros((r, n), dtype=bool)
+            for i in range(r):
+                top = np.argsort(-score[i], kind="stable")[: min(max_n, n)]
+                want[i, top] = np.isfinite(score[i, top])
+            assert np.array_equal(member, want)
