@@ -11,8 +11,9 @@ r = uniform x total, the first candidate whose cumulative sum exceeds r.
 Until a round has a snapshot, statements with the fewest votes come first (ties: oldest first),
 so that every statement gathers votes evenly.
 
-The hot path costs one indexed query for the id of the latest snapshot; its priorities (a
-small column) are loaded once per snapshot and process and kept in memory.
+The hot path costs one indexed query for the id of the latest snapshot (none when the caller
+read it already, as the vote path does in its candidates query); its priorities (a small
+column) are loaded once per snapshot and process and kept in memory.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select
 
 from ..extensions import db
 from ..models import Round, Snapshot, Statement, Vote
@@ -66,12 +67,24 @@ _cache_lock = threading.Lock()
 
 
 _LATEST_SNAPSHOT = select(func.max(Snapshot.id)).where(Snapshot.round_id == bindparam("round_id"))
+LATEST_SNAPSHOT_ID = _LATEST_SNAPSHOT.scalar_subquery()  # for callers that read it with more
+
+# "The caller did not read the latest snapshot's id": routing_weights queries it.
+UNKNOWN = object()
 
 
-def routing_weights(round_id: int) -> RoutingWeights | None:
-    """Return the routing weights of the round's latest snapshot, or None without one."""
-    conn = db.session.connection()
-    snapshot_id = conn.scalar(_LATEST_SNAPSHOT, {"round_id": round_id})
+def routing_weights(
+    round_id: int, snapshot_id: object = UNKNOWN, connection: Connection | None = None
+) -> RoutingWeights | None:
+    """Return the routing weights of the round's latest snapshot, or None without one.
+
+    `snapshot_id` is the id of the round's latest snapshot (None: it has none) when the caller
+    has just read it, in the current transaction (see LATEST_SNAPSHOT_ID). `connection`: the
+    connection to read on (by default the session's).
+    """
+    conn = db.session.connection() if connection is None else connection
+    if snapshot_id is UNKNOWN:
+        snapshot_id = conn.scalar(_LATEST_SNAPSHOT, {"round_id": round_id})
     if snapshot_id is None:
         return None
     # Keyed by database too: tests (and some deployments) run several apps in one process.
@@ -119,10 +132,10 @@ def weighted_draw(
     return candidates[-1]  # r == total by rounding
 
 
-def _fewest_votes_first(candidates: Sequence[Statement]) -> Statement:
+def _fewest_votes_first(candidates: Sequence[Statement], conn: Connection) -> Statement:
     ids = [s.id for s in candidates]
     counts = dict(
-        db.session.execute(
+        conn.execute(
             select(Vote.statement_id, func.count())
             .where(Vote.statement_id.in_(ids))
             .group_by(Vote.statement_id)
@@ -132,13 +145,24 @@ def _fewest_votes_first(candidates: Sequence[Statement]) -> Statement:
 
 
 def pick_next(
-    round_: Round, candidates: Sequence[Statement], rng: random.Random | None = None
+    round_: Round,
+    candidates: Sequence[Statement],
+    rng: random.Random | None = None,
+    *,
+    snapshot_id: object = UNKNOWN,
+    connection: Connection | None = None,
 ) -> Statement | None:
-    """Choose the next statement among the candidates (visible, unvoted, not the member's own)."""
+    """Choose the next statement among the candidates (visible, unvoted, not the member's own).
+
+    `snapshot_id`: the round's latest snapshot id if the caller read it; `connection`: the
+    connection to read on (by default the session's); see routing_weights.
+    """
     if not candidates:
         return None
-    weights = routing_weights(round_.id)
+    conn = db.session.connection() if connection is None else connection
+    weights = routing_weights(round_.id, snapshot_id, conn)
     if weights is None:
-        return _fewest_votes_first(candidates)
-    rng = rng or random.Random()  # noqa: S311 - routing, not security
-    return weighted_draw(candidates, [weights.weight(s) for s in candidates], rng)
+        return _fewest_votes_first(candidates, conn)
+    # Without a generator of the caller's: the random module's shared one (seeded once, and
+    # again in each forked worker), not a new Random() seeded from os.urandom every call.
+    return weighted_draw(candidates, [weights.weight(s) for s in candidates], rng or random)

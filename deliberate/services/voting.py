@@ -11,7 +11,18 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NamedTuple
 
-from sqlalchemy import and_, bindparam, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Connection,
+    and_,
+    bindparam,
+    func,
+    insert,
+    null,
+    or_,
+    select,
+    true,
+    update,
+)
 from sqlalchemy.sql import Executable
 
 from ..database import commit_keeping_objects, holds_write_lock, write_intent
@@ -243,17 +254,22 @@ class _StatementCheck(NamedTuple):
     moderation_state: str
 
 
-def _round_info(round_id: int) -> RoundInfo | None:
-    rows = db.session.connection().execute(_ROUND_INFO, {"round_id": round_id}).all()
+def _conn(conn: Connection | None) -> Connection:
+    """The connection the vote path's queries run on: the given one, or the session's."""
+    return db.session.connection() if conn is None else conn
+
+
+def _round_info(round_id: int, conn: Connection | None = None) -> RoundInfo | None:
+    rows = _conn(conn).execute(_ROUND_INFO, {"round_id": round_id}).all()
     return _round_from_rows(rows)
 
 
 def _round_and_statement(
-    round_id: int, statement_id: int
+    round_id: int, statement_id: int, conn: Connection | None = None
 ) -> tuple[RoundInfo | None, _StatementCheck | None]:
     """The round and, if it is in that round, the statement: one query."""
     rows = (
-        db.session.connection()
+        _conn(conn)
         .execute(_ROUND_AND_STATEMENT, {"round_id": round_id, "statement_id": statement_id})
         .all()
     )
@@ -327,20 +343,18 @@ def _progress_query(post_moderation: bool):
 
 def _candidates_query(post_moderation: bool):
     """The member's unvoted offered statements (what routing and the answer need of them),
-    each row also carrying how many offered statements the member has voted on (progress)."""
-    voted = exists().where(
-        _votes.c.statement_id == _statements.c.id, _votes.c.user_id == bindparam("user_id")
+    oldest first; each row also carries how many statements the member is offered (so the
+    ones voted on are that minus the rows) and the id of the round's latest snapshot (for
+    routing). One statement, one snapshot: the figures agree with each other."""
+    # The member's votes in the round, by the (round_id, user_id) index: one range read,
+    # hashed, instead of a lookup per offered statement (a vote's round is its statement's,
+    # which integrity.check_integrity verifies).
+    voted = select(_votes.c.statement_id).where(
+        _votes.c.round_id == bindparam("round_id"), _votes.c.user_id == bindparam("user_id")
     )
-    offered_voted = _statements.alias("offered_voted")
-    voted_count = (
-        select(func.count(_votes.c.id))
-        .select_from(_votes.join(offered_voted, offered_voted.c.id == _votes.c.statement_id))
-        .where(
-            _votes.c.user_id == bindparam("user_id"),
-            _votes.c.round_id == bindparam("round_id"),
-            _offered(post_moderation, offered_voted),
-        )
-        .scalar_subquery()
+    offered = _statements.alias("offered")
+    offered_count = (
+        select(func.count(offered.c.id)).where(_offered(post_moderation, offered)).scalar_subquery()
     )
     return (
         select(
@@ -349,9 +363,10 @@ def _candidates_query(post_moderation: bool):
             _statements.c.text,
             _statements.c.origin,
             _statements.c.author_id,
-            voted_count.label("voted"),
+            offered_count.label("offered"),
+            routing.LATEST_SNAPSHOT_ID.label("snapshot_id"),
         )
-        .where(_offered(post_moderation), ~voted)
+        .where(_offered(post_moderation), _statements.c.id.not_in(voted))
         .order_by(_statements.c.id)
         .limit(MAX_CANDIDATES)
     )
@@ -400,17 +415,106 @@ def _vote_insert() -> Executable:
     return statement
 
 
-def _insert_vote(row: dict) -> bool:
+def _insert_vote(row: dict, conn: Connection | None = None) -> bool:
     """Insert the member's vote unless they have one on the statement; whether it went in."""
-    return db.session.connection().execute(_vote_insert(), row).first() is not None
+    return _conn(conn).execute(_vote_insert(), row).first() is not None
 
 
-def _locked_vote(key: dict[str, int]):
+def _first_vote_event_pg():
+    """PostgreSQL: insert the vote unless the member has one on the statement, and its history
+    row with it, in one statement (one round trip): the event is inserted from the RETURNING
+    of the vote's insert, so only when the vote went in. Its RETURNING says whether it did."""
+    from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+    inserted = (
+        pg_insert(_votes)
+        .values(
+            round_id=bindparam("round_id"),
+            statement_id=bindparam("statement_id"),
+            user_id=bindparam("user_id"),
+            value=bindparam("value"),
+            created_at=bindparam("timestamp"),
+            updated_at=bindparam("timestamp"),
+        )
+        .on_conflict_do_nothing(index_elements=["statement_id", "user_id"])
+        .returning(
+            _votes.c.round_id,
+            _votes.c.statement_id,
+            _votes.c.user_id,
+            _votes.c.value,
+            _votes.c.created_at,
+        )
+        .cte("inserted_vote")
+    )
+    return (
+        insert(_events)
+        .from_select(
+            ["round_id", "statement_id", "user_id", "value", "previous_value", "created_at"],
+            select(
+                inserted.c.round_id,
+                inserted.c.statement_id,
+                inserted.c.user_id,
+                inserted.c.value,
+                null(),
+                inserted.c.created_at,
+            ),
+        )
+        .returning(_events.c.id)
+    )
+
+
+def _first_vote_and_candidates_pg(post_moderation: bool):
+    """PostgreSQL: the first vote's two inserts and then the member's candidates (as
+    _CANDIDATES), in one statement. One row says whether the vote went in, with a candidate
+    or NULLs; any more rows carry the other candidates. The statement reads one snapshot,
+    taken before its inserts: the vote's statement is left out explicitly (a first vote: it
+    was unvoted), which gives what _CANDIDATES would read after the insert."""
+    written = _first_vote_event_pg().cte("inserted_event")
+    candidates = (
+        _candidates_query(post_moderation)
+        .where(_statements.c.id != bindparam("statement_id"))
+        .subquery("candidates")
+    )
+    inserted = select(
+        select(func.count()).select_from(written).scalar_subquery().label("inserted")
+    ).subquery("written")
+    return (
+        select(inserted.c.inserted, *candidates.c)
+        .select_from(inserted.outerjoin(candidates, true()))
+        .order_by(candidates.c.id)
+    )
+
+
+_FIRST_VOTE_EVENT_PG = _first_vote_event_pg()
+_FIRST_VOTE_AND_CANDIDATES_PG = {
+    post: _first_vote_and_candidates_pg(post) for post in (False, True)
+}
+
+
+def _insert_first_vote_pg(row: dict, conn: Connection | None = None) -> bool:
+    """PostgreSQL: insert the vote and its history row unless the member has a vote on the
+    statement (then nothing); whether they went in."""
+    return _conn(conn).execute(_FIRST_VOTE_EVENT_PG, row).first() is not None
+
+
+def _insert_first_vote_and_read_candidates_pg(
+    row: dict, round_: RoundInfo, user: User, conn: Connection | None = None
+) -> _Candidates | None:
+    """PostgreSQL: as _insert_first_vote_pg, and when the vote went in, the member's
+    candidates after it (as _candidates), read by the same statement; None when it did not."""
+    post = round_.moderation == ModerationMode.POST
+    rows = _conn(conn).execute(_FIRST_VOTE_AND_CANDIDATES_PG[post], row).all()
+    if not rows[0][0]:
+        return None
+    return _candidates_from_rows([r[1:] for r in rows if r[1] is not None], round_, user, conn)
+
+
+def _locked_vote(key: dict[str, int], conn: Connection | None = None):
     """Read the member's vote row (id, value), or None; locked until the commit.
 
     SELECT ... FOR UPDATE on PostgreSQL; on SQLite the transaction holds the write lock.
     """
-    return db.session.connection().execute(_VOTE_ROW, key).first()
+    return _conn(conn).execute(_VOTE_ROW, key).first()
 
 
 class Candidate(NamedTuple):
@@ -423,35 +527,44 @@ class Candidate(NamedTuple):
     author_id: int | None
 
 
-def _progress(round_: Round | RoundInfo, user: User) -> Progress:
+def _progress(round_: Round | RoundInfo, user: User, conn: Connection | None = None) -> Progress:
     post = round_.moderation == ModerationMode.POST
-    row = (
-        db.session.connection()
-        .execute(_PROGRESS[post], {"round_id": round_.id, "user_id": user.id})
-        .one()
-    )
+    row = _conn(conn).execute(_PROGRESS[post], {"round_id": round_.id, "user_id": user.id}).one()
     return Progress(voted=int(row[1]), total=int(row[0]))
 
 
-def _candidates(round_: Round | RoundInfo, user: User) -> tuple[list[Candidate], Progress]:
-    """The member's unvoted offered statements (oldest first) and their progress."""
+class _Candidates(NamedTuple):
+    statements: list[Candidate]
+    progress: Progress
+    snapshot_id: object  # the round's latest snapshot id, None, or routing.UNKNOWN
+
+
+def _candidates(
+    round_: Round | RoundInfo, user: User, conn: Connection | None = None
+) -> _Candidates:
+    """The member's unvoted offered statements (oldest first), their progress, and the id of
+    the round's latest snapshot: one query (two when nothing, or too much, is left)."""
     post = round_.moderation == ModerationMode.POST
-    rows = (
-        db.session.connection()
-        .execute(_CANDIDATES[post], {"round_id": round_.id, "user_id": user.id})
-        .all()
-    )
+    rows = _conn(conn).execute(_CANDIDATES[post], {"round_id": round_.id, "user_id": user.id}).all()
+    return _candidates_from_rows(rows, round_, user, conn)
+
+
+def _candidates_from_rows(
+    rows, round_: Round | RoundInfo, user: User, conn: Connection | None
+) -> _Candidates:
+    """_Candidates from rows as _CANDIDATES reads them."""
+    statements = [Candidate(*r[:5]) for r in rows]
     if not rows or len(rows) >= MAX_CANDIDATES:  # nothing left, or more than were read
-        return [Candidate(*r[:5]) for r in rows], _progress(round_, user)
-    voted = int(rows[0][5])
-    return [Candidate(*r[:5]) for r in rows], Progress(voted=voted, total=voted + len(rows))
+        return _Candidates(statements, _progress(round_, user, conn), routing.UNKNOWN)
+    total = int(rows[0][5])
+    return _Candidates(statements, Progress(voted=total - len(rows), total=total), rows[0][6])
 
 
 def _next_candidate(
     round_: Round | RoundInfo, user: User, rng: random.Random | None
 ) -> Candidate | None:
-    candidates, _ = _candidates(round_, user)
-    return routing.pick_next(round_, candidates, rng)
+    found = _candidates(round_, user)
+    return routing.pick_next(round_, found.statements, rng, snapshot_id=found.snapshot_id)
 
 
 def _next_statement(round_: Round, user: User, rng: random.Random | None) -> Statement | None:
@@ -459,16 +572,16 @@ def _next_statement(round_: Round, user: User, rng: random.Random | None) -> Sta
     return None if chosen is None else db.session.get(Statement, chosen.id)
 
 
-def _offered_statement(round_: RoundInfo, chosen: Candidate) -> OfferedStatement:
+def _offered_statement(
+    round_: RoundInfo, chosen: Candidate, conn: Connection | None = None
+) -> OfferedStatement:
     organisation = None
     if (
         chosen.origin == StatementOrigin.MEMBER
         and round_.author_display == AuthorDisplay.ORGANISATION
         and chosen.author_id is not None
     ):
-        organisation = db.session.connection().scalar(
-            _AUTHOR_ORGANISATION, {"user_id": chosen.author_id}
-        )
+        organisation = _conn(conn).scalar(_AUTHOR_ORGANISATION, {"user_id": chosen.author_id})
     return OfferedStatement(
         id=chosen.id,
         text=chosen.text,
@@ -521,7 +634,7 @@ def cast_vote(
     Everything is checked before anything is written; the write is an upsert, so two
     concurrent casts for the same member and statement still leave exactly one row.
     """
-    result, _, _ = _record_vote(actor, statement_id, value, round_id=round_id, now=now)
+    result = _record_vote(actor, statement_id, value, round_id=round_id, now=now).result
     db.session.commit()
     return result
 
@@ -533,29 +646,30 @@ def _record_vote(
     *,
     round_id: int | None,
     now: datetime | None,
-) -> tuple[VoteResult, User, RoundInfo]:
-    """Check and write a vote in the current transaction; the caller commits."""
+    conn: Connection | None = None,
+    read_candidates: bool = False,
+) -> _Recorded:
+    """Check and write a vote in the current transaction (of `conn`, by default the
+    session's); the caller commits. With `read_candidates` on PostgreSQL, a first vote also
+    reads the member's candidates after it, in the same statement (else they are None)."""
     user = require_user(actor)
+    conn = _conn(conn)
     statement = None
     if round_id is not None:
         valid_round = type(round_id) is int and 0 < round_id <= MAX_ID
         valid_statement = type(statement_id) is int and 0 < statement_id <= MAX_ID
         round_ = None
         if valid_round and valid_statement:
-            round_, statement = _round_and_statement(round_id, statement_id)
+            round_, statement = _round_and_statement(round_id, statement_id, conn)
         elif valid_round:
-            round_ = _round_info(round_id)
+            round_ = _round_info(round_id, conn)
         if round_ is None or not can_view_round(user, round_):
             raise RoundNotFound("No such round.")
     value = _validate_value(value)
     statement_id = _validate_id(statement_id, "statement")
     if round_id is None:
-        statement = (
-            db.session.connection()
-            .execute(_STATEMENT_CHECK, {"statement_id": statement_id})
-            .first()
-        )
-        found = None if statement is None else _round_info(statement.round_id)
+        statement = conn.execute(_STATEMENT_CHECK, {"statement_id": statement_id}).first()
+        found = None if statement is None else _round_info(statement.round_id, conn)
         if found is None or not can_view_round(user, found):
             raise NotFound("No such statement.")
         round_ = found
@@ -579,25 +693,39 @@ def _record_vote(
     status: VoteStatus = "new"
     # Insert first (most votes are first votes): ON CONFLICT DO NOTHING leaves an existing
     # row, also one a concurrent request has just inserted, for the update below.
-    if not _insert_vote(
-        {
-            "round_id": round_.id,
-            **key,
-            "value": value,
-            "created_at": timestamp,
-            "updated_at": timestamp,
-        }
-    ):
-        existing = _locked_vote(key)
+    if conn.dialect.name != "sqlite":  # PostgreSQL: the vote and its history row at once
+        row = {"round_id": round_.id, **key, "value": value, "timestamp": timestamp}
+        new = VoteResult(round_.id, statement_id, value, None, "new")
+        if read_candidates:
+            found = _insert_first_vote_and_read_candidates_pg(row, round_, user, conn)
+            if found is not None:
+                return _Recorded(new, user, round_, found)
+        elif _insert_first_vote_pg(row, conn):
+            return _Recorded(new, user, round_)
+        inserted = False
+    else:
+        inserted = _insert_vote(
+            {
+                "round_id": round_.id,
+                **key,
+                "value": value,
+                "created_at": timestamp,
+                "updated_at": timestamp,
+            },
+            conn,
+        )
+    if not inserted:
+        existing = _locked_vote(key, conn)
         assert existing is not None  # the conflicting row is committed and now locked
         previous = existing.value
         if previous == value:
-            return VoteResult(round_.id, statement_id, value, previous, "unchanged"), user, round_
-        db.session.connection().execute(
+            unchanged = VoteResult(round_.id, statement_id, value, previous, "unchanged")
+            return _Recorded(unchanged, user, round_)
+        conn.execute(
             _VOTE_UPDATE, {"vote_id": existing.id, "new_value": value, "timestamp": timestamp}
         )
         status = "changed"
-    db.session.connection().execute(
+    conn.execute(
         _EVENT_INSERT,
         {
             "round_id": round_.id,
@@ -607,7 +735,14 @@ def _record_vote(
             "created_at": timestamp,
         },
     )
-    return VoteResult(round_.id, statement_id, value, previous, status), user, round_
+    return _Recorded(VoteResult(round_.id, statement_id, value, previous, status), user, round_)
+
+
+class _Recorded(NamedTuple):
+    result: VoteResult
+    user: User
+    round: RoundInfo
+    candidates: _Candidates | None = None  # read with the vote (PostgreSQL, on request)
 
 
 @dataclass(frozen=True)
@@ -649,21 +784,60 @@ def vote_and_advance(
     statements, not for the whole request. When the caller's transaction so far only read (a
     plain BEGIN, e.g. loading the user under web/api.py's read-first vote endpoint), that read
     snapshot is ended first: SQLite cannot turn a read transaction into a write one once
-    another writer has committed.
+    another writer has committed. The two transactions then run on one pooled connection of
+    their own, outside the session (cheaper than two session transactions; nothing in them
+    goes through ORM objects).
     If the caller's transaction already holds the write lock, the vote joins it.
     """
     if not _is_sqlite():
         # PostgreSQL locks rows, not the database: one transaction, one round of commits.
-        result, user, round_ = _record_vote(actor, statement_id, value, round_id=round_id, now=None)
-        outcome = _advance(result, user, round_, rng)
+        # A first vote also reads what comes next in the same statement (one round trip).
+        recorded = _record_vote(
+            actor, statement_id, value, round_id=round_id, now=None, read_candidates=True
+        )
+        outcome = _advance(*recorded[:3], rng, found=recorded.candidates)
         _commit_keeping_objects()
         return outcome
     session = db.session()
-    if session.in_transaction() and not holds_write_lock(session.connection()):
+    if session.in_transaction() and holds_write_lock(session.connection()):
+        return _vote_and_advance_in_session(actor, round_id, statement_id, value, rng)
+    # What the checks read of the member, read now: nothing may load through the session
+    # (another connection) while this one holds the write lock.
+    member = _Member.of(require_user(actor))
+    if session.in_transaction():
         _commit_keeping_objects()  # nothing written yet: this ends the read snapshot
+    with session.get_bind().connect() as conn:
+        with write_intent(True), conn.begin():  # BEGIN IMMEDIATE; a rollback on error
+            result, _, round_, _ = _record_vote(
+                member, statement_id, value, round_id=round_id, now=None, conn=conn
+            )
+        with write_intent(False), conn.begin():  # a read transaction (plain BEGIN)
+            return _advance(result, member, round_, rng, conn)
+
+
+@dataclass(frozen=True, slots=True)
+class _Member:
+    """The acting user's columns the vote path reads (duck-types User for authz): plain
+    values, so that checking them never loads anything through the session."""
+
+    id: int
+    role: str
+    organisation_id: int | None
+    is_active: bool
+    is_authenticated: bool = True
+
+    @classmethod
+    def of(cls, user: User) -> _Member:
+        return cls(user.id, user.role, user.organisation_id, bool(user.is_active))
+
+
+def _vote_and_advance_in_session(
+    actor: User, round_id: int, statement_id: object, value: object, rng: random.Random | None
+) -> VoteOutcome:
+    """SQLite, when the session's transaction holds the write lock: the vote joins it."""
     try:
         with write_intent(True):
-            result, user, round_ = _record_vote(
+            result, user, round_, _ = _record_vote(
                 actor, statement_id, value, round_id=round_id, now=None
             )
             _commit_keeping_objects()
@@ -677,15 +851,25 @@ def vote_and_advance(
 
 
 def _advance(
-    result: VoteResult, user: User, round_: RoundInfo, rng: random.Random | None
+    result: VoteResult,
+    user: User,
+    round_: RoundInfo,
+    rng: random.Random | None,
+    conn: Connection | None = None,
+    found: _Candidates | None = None,
 ) -> VoteOutcome:
-    """The member's progress and next statement after an accepted vote (so they may vote)."""
-    candidates, progress_ = _candidates(round_, user)
-    chosen = routing.pick_next(round_, candidates, rng)
+    """The member's progress and next statement after an accepted vote (so they may vote);
+    `found`: the member's candidates if the vote's statement read them."""
+    conn = _conn(conn)
+    if found is None:
+        found = _candidates(round_, user, conn)
+    chosen = routing.pick_next(
+        round_, found.statements, rng, snapshot_id=found.snapshot_id, connection=conn
+    )
     return VoteOutcome(
         result=result,
-        progress=progress_,
-        next=None if chosen is None else _offered_statement(round_, chosen),
+        progress=found.progress,
+        next=None if chosen is None else _offered_statement(round_, chosen, conn),
     )
 
 
@@ -732,14 +916,45 @@ def voting_page(actor: User, round_id: int, rng: random.Random | None = None) ->
     user, round_ = _load_round(actor, round_id)
     accepting = is_accepting_votes(round_, utcnow())
     can_vote = accepting and can_participate(user, round_)
-    statement = _next_statement(round_, user, rng) if can_vote else None
+    statement = None
+    if can_vote:
+        found = _candidates(round_, user)
+        chosen = routing.pick_next(round_, found.statements, rng, snapshot_id=found.snapshot_id)
+        statement = None if chosen is None else db.session.get(Statement, chosen.id)
+        progress_ = found.progress
+    else:
+        progress_ = _progress(round_, user)
     return VotingPage(
         round=round_,
         accepting=accepting,
         can_vote=can_vote,
         can_write=can_vote and bool(round_.allow_member_statements),
         statement=statement,
-        progress=_progress(round_, user),
+        progress=progress_,
+    )
+
+
+@dataclass(frozen=True)
+class NextOffer:
+    """What the voting client needs to go on: whether the round takes votes, the member's
+    progress, and the next statement (None when there is none, or they may not vote)."""
+
+    accepting: bool
+    progress: Progress
+    next: OfferedStatement | None
+
+
+def next_offer(actor: User, round_id: int, rng: random.Random | None = None) -> NextOffer:
+    """The voting page's answer without the page (GET /api/rounds/<id>/next): the same rules
+    as voting_page, on the vote path's Core queries (no ORM objects)."""
+    user, round_ = _load_round_info(actor, round_id)
+    accepting = is_accepting_votes(round_, utcnow())
+    if not (accepting and can_participate(user, round_)):
+        return NextOffer(accepting, _progress(round_, user), None)
+    found = _candidates(round_, user)
+    chosen = routing.pick_next(round_, found.statements, rng, snapshot_id=found.snapshot_id)
+    return NextOffer(
+        accepting, found.progress, None if chosen is None else _offered_statement(round_, chosen)
     )
 
 

@@ -16,17 +16,20 @@ from .errors import init_error_handlers
 from .rendering import init_template_helpers
 
 _USER_ATTRIBUTES = [(prop.key, prop.columns[0]) for prop in inspect(User).column_attrs]
+_USER_KEYS = tuple(key for key, _ in _USER_ATTRIBUTES)
 _USER_ROW = select(*(column for _, column in _USER_ATTRIBUTES)).where(
     inspect(User).primary_key[0] == bindparam("user_id")
 )
+_new_user = inspect(User).class_manager.new_instance
 
 
 def _user_from_row(row) -> User:
     """Put a loaded users row into the session as a User, without the ORM query machinery
     (the user is loaded on every request: this costs a fraction of session.get)."""
-    user = inspect(User).class_manager.new_instance()
-    for (key, _), value in zip(_USER_ATTRIBUTES, row, strict=True):
-        setattr(user, key, value)
+    user = _new_user()
+    # Into the instance's dict, as the ORM's loader does (no attribute events: nothing is
+    # "changed"); make_transient_to_detached then marks every column loaded and committed.
+    user.__dict__.update(zip(_USER_KEYS, row, strict=True))
     make_transient_to_detached(user)  # as if just loaded: no pending changes
     db.session.add(user)
     return user

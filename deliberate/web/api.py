@@ -99,11 +99,11 @@ def cast_vote(round_id: int):
 @api_login_required
 def next_statement(round_id: int):
     """Answer with the member's progress and the next statement to vote on (or null)."""
-    page = voting.voting_page(actor(), round_id)
+    offer = voting.next_offer(actor(), round_id)
     return jsonify(
         {
-            "accepting": page.accepting,
-            "progress": page.progress.as_dict(),
-            "next": _statement_json(voting.OfferedStatement.of(page.statement)),
+            "accepting": offer.accepting,
+            "progress": offer.progress.as_dict(),
+            "next": _statement_json(offer.next),
         }
     )

@@ -157,3 +157,36 @@ def test_next_statement_routes_by_priority(db, factory):
         voting.next_statement(member, round_.id, random.Random(i)).id for i in range(2000)
     )
     assert counts[high.id] > 0.97 * 2000 > counts[low.id] > 0
+
+
+def test_a_snapshot_id_the_caller_read_is_not_queried_again(db, factory):
+    from typing import NamedTuple
+
+    from sqlalchemy import event
+
+    class Candidate(NamedTuple):
+        id: int
+        is_meta: bool
+
+    round_ = factory.round(statements=["One", "Two"])
+    a, b = round_.statements
+    snapshot_id = store_snapshot(db, round_, {a.id: 1e-9, b.id: 1e9}).id
+    routing.routing_weights(round_.id)  # the priorities are cached from here on
+    a, b = Candidate(a.id, False), Candidate(b.id, False)  # plain values: no ORM loads below
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        picks = {pick_next(round_, [a, b], snapshot_id=snapshot_id).id for _ in range(50)}
+        assert picks == {b.id}  # the snapshot's weights, drawn with the shared generator
+        assert not [s for s in seen if "snapshots" in s]
+        # None: the caller found no snapshot, so the fewest votes come first (ties: oldest).
+        assert pick_next(round_, [a, b], snapshot_id=None) == a
+        assert not [s for s in seen if "snapshots" in s]
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+    # Not given: routing reads the latest snapshot's id itself.
+    assert {pick_next(round_, [a, b], random.Random(2)).id for _ in range(50)} == {b.id}

@@ -11,6 +11,7 @@ from sqlalchemy import func, select
 from deliberate.models import Role, Statement, Vote, VoteEvent, utcnow
 from deliberate.services import voting
 from deliberate.services.errors import NotAllowed, NotFound, RoundClosed, ValidationError
+from tests.conftest import ON_POSTGRES, only_sqlite
 
 SEEDS = ["Housing first", "More legal aid", "Joint press line", "Shared training fund"]
 
@@ -360,10 +361,12 @@ def test_a_row_inserted_by_a_concurrent_request_turns_the_insert_into_an_update(
     from sqlalchemy import insert
 
     statement = first(round_)
-    real_insert_vote = voting._insert_vote
+    # The insert the vote path runs: on PostgreSQL the vote and its history row in one statement.
+    name = "_insert_first_vote_pg" if ON_POSTGRES else "_insert_vote"
+    real_insert_vote = getattr(voting, name)
     calls = {"lock": 0}
 
-    def racing_insert_vote(row):
+    def racing_insert_vote(row, conn=None):
         if calls["lock"] == 0:
             calls["lock"] += 1
             now = utcnow()
@@ -377,9 +380,9 @@ def test_a_row_inserted_by_a_concurrent_request_turns_the_insert_into_an_update(
                     updated_at=now,
                 )
             )
-        return real_insert_vote(row)
+        return real_insert_vote(row, conn)
 
-    monkeypatch.setattr(voting, "_insert_vote", racing_insert_vote)
+    monkeypatch.setattr(voting, name, racing_insert_vote)
     result = voting.cast_vote(member, statement.id, 1)
     monkeypatch.undo()
     assert calls["lock"] == 1
@@ -396,3 +399,165 @@ def test_ids_beyond_any_database_integer_are_not_found(db, member, round_):
         voting.progress(member, 10**30)
     with pytest.raises(NotFound):
         voting.cast_vote(member, first(round_).id, 1, round_id=10**30)
+
+
+# --- the vote path: one candidates query for the next statement, progress and routing -------
+
+
+def store_snapshot(db, round_, priorities: dict):
+    from deliberate.models import Snapshot
+
+    snapshot = Snapshot(
+        round_id=round_.id,
+        vote_watermark=0,
+        priorities={str(k): v for k, v in priorities.items()},
+        params={"unseen_priority": 5.0625, "meta_priority": 7.0},
+    )
+    db.session.add(snapshot)
+    db.session.commit()
+    return snapshot
+
+
+def test_vote_path_progress_matches_progress_with_own_pending_and_rejected(db, factory, member):
+    round_ = factory.round(moderation="pre", statements=SEEDS)
+    a, b, c, d = round_.statements
+    mine = add_statement(db, round_, "Mine", author=member)
+    add_statement(db, round_, "Pending", author=factory.user(), state="pending")
+    voting.cast_vote(member, a.id, 1)
+    a.moderation_state = "rejected"  # voted on, then rejected: no longer offered or counted
+    db.session.commit()
+    outcome = voting.vote_and_advance(member, round_.id, b.id, -1)
+    assert outcome.progress == voting.progress(member, round_.id) == voting.Progress(1, 3)
+    assert outcome.next is not None and outcome.next.id in {c.id, d.id}
+    offer = voting.next_offer(member, round_.id)
+    assert offer.progress == voting.Progress(1, 3) and offer.next.id in {c.id, d.id}
+    voting.vote_and_advance(member, round_.id, c.id, 0)
+    last = voting.vote_and_advance(member, round_.id, d.id, 0)  # nothing left: no rows
+    assert (last.progress, last.next) == (voting.Progress(3, 3), None)
+    assert voting.next_offer(member, round_.id).next is None
+    assert mine.id not in {outcome.next.id, offer.next.id}
+
+
+def test_vote_path_progress_when_more_candidates_than_it_reads(db, member, round_, monkeypatch):
+    monkeypatch.setattr(voting, "MAX_CANDIDATES", 2)  # the rows reach the limit: counted apart
+    outcome = voting.vote_and_advance(member, round_.id, first(round_).id, 1)
+    assert outcome.progress == voting.Progress(voted=1, total=len(SEEDS))
+    assert voting.next_offer(member, round_.id).progress == voting.Progress(1, len(SEEDS))
+
+
+def test_next_offer_agrees_with_the_voting_page(db, factory, member):
+    org = factory.organisation("Welcome Bristol")
+    round_ = factory.round(author_display="organisation", moderation="post", statements=SEEDS)
+    add_statement(db, round_, "A member's idea", author=factory.user(organisation=org))
+    store_snapshot(db, round_, {s.id: 1.0 + i for i, s in enumerate(round_.statements)})
+    voting.cast_vote(member, first(round_).id, 1)
+    for seed in range(20):
+        page = voting.voting_page(member, round_.id, random.Random(seed))
+        offer = voting.next_offer(member, round_.id, random.Random(seed))
+        assert (offer.accepting, offer.progress) == (page.accepting, page.progress)
+        assert offer.next == voting.OfferedStatement.of(page.statement)
+    for statement in round_.statements[1 : len(SEEDS)]:
+        voting.cast_vote(member, statement.id, 1)
+    offer = voting.next_offer(member, round_.id)  # only the member-written one is left
+    assert offer.next.author_label == "Written by a member of Welcome Bristol"
+    assert offer.progress == voting.Progress(len(SEEDS), len(SEEDS) + 1)
+
+
+def test_next_offer_when_the_member_may_not_vote(db, factory, member, round_):
+    voting.cast_vote(member, first(round_).id, 1)
+    round_.state = "closed"
+    db.session.commit()
+    offer = voting.next_offer(member, round_.id)
+    assert (offer.accepting, offer.progress, offer.next) == (
+        False,
+        voting.Progress(1, len(SEEDS)),
+        None,
+    )
+    # A facilitator outside the round's audience sees it but does not take part.
+    other = factory.round(statements=["Only for them"])
+    elsewhere = factory.organisation("Elsewhere")
+    other.organisations.append(elsewhere)
+    db.session.commit()
+    facilitator = factory.user(Role.FACILITATOR, organisation=factory.organisation())
+    offer = voting.next_offer(facilitator, other.id)
+    assert (offer.accepting, offer.progress, offer.next) == (True, voting.Progress(0, 1), None)
+    with pytest.raises(NotFound):
+        voting.next_offer(member, other.id)
+
+
+def test_the_vote_path_routes_by_the_latest_snapshot_read_with_the_candidates(
+    db, factory, member, round_
+):
+    """The candidates query reads the latest snapshot's id: a newer snapshot is used at once,
+    and routing does not query for it again."""
+    from sqlalchemy import event
+
+    a, b, c, d = round_.statements
+    store_snapshot(db, round_, {c.id: 1e9, d.id: 1e-9, b.id: 1e-9})
+    seen: list[str] = []
+
+    def record(conn, cursor, statement, parameters, context, executemany):
+        seen.append(statement)
+
+    event.listen(db.engine, "before_cursor_execute", record)
+    try:
+        outcome = voting.vote_and_advance(member, round_.id, a.id, 1)
+        assert outcome.next.id == c.id
+        latest = [s for s in seen if "max(snapshots.id)" in s]
+        assert len(latest) == 1 and "statements.text" in latest[0]  # the candidates query
+        store_snapshot(db, round_, {c.id: 1e-9, d.id: 1e9})
+        assert voting.vote_and_advance(member, round_.id, b.id, 1).next.id == d.id
+        assert voting.next_offer(member, round_.id).next.id == d.id
+    finally:
+        event.remove(db.engine, "before_cursor_execute", record)
+
+
+def test_vote_and_advance_after_a_read_transaction(db, member, round_):
+    """The read-first endpoint's case: the session has only read (on SQLite a plain BEGIN).
+    The vote is committed, with its history row, and an error leaves nothing behind."""
+    from deliberate.database import write_intent
+
+    statement = first(round_)
+    db.session.commit()
+    with write_intent(False):
+        assert db.session.scalar(select(func.count(Vote.id))) == 0  # a read snapshot
+        outcome = voting.vote_and_advance(member, round_.id, statement.id, 1)
+        assert outcome.progress == voting.Progress(voted=1, total=len(SEEDS))
+        db.session.scalar(select(func.count(Vote.id)))
+        with pytest.raises(NotFound):
+            voting.vote_and_advance(member, round_.id, 10**6, 1)
+        changed = voting.vote_and_advance(member, round_.id, statement.id, -1)
+        assert (changed.result.status, changed.result.previous_value) == ("changed", 1)
+        same = voting.vote_and_advance(member, round_.id, statement.id, -1)
+        assert same.result.status == "unchanged"
+    db.session.rollback()
+    with db.engine.connect() as conn:  # committed: another connection sees it
+        assert conn.scalar(select(func.count(Vote.id))) == 1
+        assert conn.execute(select(VoteEvent.value, VoteEvent.previous_value)).all() == [
+            (1, None),
+            (-1, 1),
+        ]
+    # And no write lock is left held: another write goes through at once.
+    voting.cast_vote(member, round_.statements[1].id, 0)
+
+
+@only_sqlite
+def test_vote_and_advance_joins_a_session_transaction_that_holds_the_write_lock(db, member, round_):
+    from deliberate.database import holds_write_lock
+
+    db.session.add(
+        Statement(
+            round_id=round_.id,
+            text="Written in the same transaction",
+            normalised_text="written in the same transaction",
+            origin="seed",
+            moderation_state="accepted",
+        )
+    )
+    db.session.flush()
+    assert holds_write_lock(db.session.connection())
+    outcome = voting.vote_and_advance(member, round_.id, first(round_).id, 1)
+    assert outcome.progress == voting.Progress(voted=1, total=len(SEEDS) + 1)
+    db.session.rollback()  # nothing left to roll back: both were committed together
+    assert count(db, Statement, round_id=round_.id) == len(SEEDS) + 1
+    assert count(db, Vote) == 1

@@ -330,6 +330,30 @@ def test_json_next_statement(member_client, round_):
     assert data["next"]["id"] in {s.id for s in round_.statements}
 
 
+def test_json_next_statement_follows_votes_and_the_round_state(db, factory, member_client, org):
+    round_ = factory.round(author_display="organisation", moderation="post", statements=["Seed"])
+    seed = round_.statements[0]
+    db.session.add(
+        Statement(
+            round_id=round_.id,
+            text="Written by someone from Leeds",
+            normalised_text="written by someone from leeds",
+            author_id=factory.user(Role.MEMBER, organisation=org).id,
+            origin="member",
+            moderation_state="pending",  # shown at once under post-moderation
+        )
+    )
+    db.session.commit()
+    member_client.post(f"/api/rounds/{round_.id}/votes", json={"statement_id": seed.id, "value": 1})
+    data = member_client.get(f"/api/rounds/{round_.id}/next").get_json()
+    assert data["accepting"] is True and data["progress"] == {"voted": 1, "total": 2}
+    assert data["next"]["author_label"] == "Written by a member of Welcome Leeds"
+    round_.state = "closed"
+    db.session.commit()
+    data = member_client.get(f"/api/rounds/{round_.id}/next").get_json()
+    assert data == {"accepting": False, "progress": {"voted": 1, "total": 2}, "next": None}
+
+
 BAD_BODIES = [
     ("not json at all", "application/json", 400),
     ("", "application/json", 400),
