@@ -237,6 +237,71 @@ def reject_statement(actor: User | None, statement_id: int, reason: str) -> Stat
     return statement
 
 
+MERGE_REASON = "Merged into #{id}"
+
+
+def merge_statement(actor: User | None, statement_id: int, into_id: object) -> Statement:
+    """Merge a statement into a near-duplicate of it in the same round (facilitators).
+
+    The statement is moderated out: rejected with the reason "Merged into #<into_id>", so that
+    voters never see it again and the analysis leaves it out, as any rejected statement. The
+    statement merged into is unchanged, and votes already cast on the merged one stay recorded.
+    A statement already rejected may be merged too: it stays rejected and its reason becomes
+    the merge (the audit log keeps the earlier reason). The statement merged into must be in
+    the same round, another statement, and not rejected (merged ones included).
+    """
+    user = require_facilitator(actor)
+    ids = sorted({i for i in (statement_id, into_id) if _valid_id(i)})
+    # Both rows locked (PostgreSQL; SQLite's write transaction locks the database), in id order,
+    # and read afresh: two facilitators merging A into B and B into A cannot both succeed.
+    found = {
+        s.id: s
+        for s in db.session.scalars(
+            select(Statement)
+            .where(Statement.id.in_(ids))
+            .order_by(Statement.id)
+            .with_for_update()
+            .execution_options(populate_existing=True)
+        )
+    }
+    statement = found.get(statement_id)
+    if statement is None:
+        raise NotFound("No such statement.")
+    target = found.get(into_id)
+    if target is None:
+        raise NotFound(f"There is no statement #{into_id} to merge into.")
+    if target.id == statement.id:
+        raise ValidationError("A statement cannot be merged into itself.")
+    if target.round_id != statement.round_id:
+        raise ValidationError(
+            f"Statement #{target.id} is in another round: merge statements of one round only."
+        )
+    if target.moderation_state == StatementState.REJECTED:
+        raise Conflict(
+            f"Statement #{target.id} is rejected: merge into a statement that is not rejected."
+        )
+    reason = MERGE_REASON.format(id=target.id)
+    if (
+        statement.moderation_state == StatementState.REJECTED
+        and statement.moderation_reason == reason
+    ):
+        raise Conflict(f"This statement is already merged into #{target.id}.")
+    previous, previous_reason = statement.moderation_state, statement.moderation_reason
+    _moderate(user, statement, StatementState.REJECTED, reason)
+    audit.record(
+        user,
+        "statement.merge",
+        round_id=statement.round_id,
+        target_type="statement",
+        target_id=statement.id,
+        into=target.id,
+        previous_state=previous,
+        **({"previous_reason": previous_reason} if previous_reason else {}),
+    )
+    db.session.commit()
+    return statement
+
+
 def correct_statement(actor: User | None, statement_id: int, new_text: str) -> Statement:
     """Correct a statement's text, keeping the original as a revision (facilitators)."""
     user = require_facilitator(actor)
@@ -303,6 +368,7 @@ __all__ = [
     "correct_statement",
     "get_statement",
     "is_visible",
+    "merge_statement",
     "moderation_queue",
     "normalise_text",
     "reject_statement",

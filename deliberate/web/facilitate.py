@@ -30,10 +30,11 @@ except ImportError:  # pragma: no cover - older WTForms
 from ..models import RoundState
 from ..services import accounts as accounts_service
 from ..services import audit as audit_service
+from ..services import duplicates as duplicates_service
 from ..services import personal_data as personal_data_service
 from ..services import rounds as rounds_service
 from ..services import statements as statements_service
-from ..services.errors import Conflict, DomainError, ValidationError
+from ..services.errors import Conflict, DomainError, NotFound, ValidationError
 from .decorators import actor, roles_required
 
 bp = Blueprint("facilitate", __name__)
@@ -137,6 +138,14 @@ class RejectForm(FlaskForm):
 
 class CorrectForm(FlaskForm):
     text = TextAreaField("Corrected text", validators=[InputRequired("Write the corrected text.")])
+    state = StringField(validators=[Optional()])
+
+
+class MergeForm(FlaskForm):
+    into = IntegerField(
+        "Merge into statement number",
+        validators=[InputRequired("Give the number of the statement to merge into.")],
+    )
     state = StringField(validators=[Optional()])
 
 
@@ -346,6 +355,12 @@ def _render_queue(round_id: int, state: str, status: int = 200, drafts: dict | N
         if state == "pending"
         else len(statements_service.moderation_queue(actor(), round_id, "pending"))
     )
+    # Once per page, for the whole round; rejected statements are never flagged.
+    near = (
+        duplicates_service.round_near_duplicates(actor(), round_id)
+        if queue and state != "rejected"
+        else {}
+    )
     return (
         render_template(
             "facilitate/moderation.html",
@@ -354,6 +369,7 @@ def _render_queue(round_id: int, state: str, status: int = 200, drafts: dict | N
             state=state,
             pending=pending,
             drafts=drafts or {},
+            near=near,
         ),
         status,
     )
@@ -420,6 +436,28 @@ def correct(statement_id: int):
             round_id, state, error.status_code, {("text", statement_id): form.text.data}
         )
     flash("Statement corrected; the original text is kept.", "success")
+    return _back_to_queue(round_id, state)
+
+
+@bp.post("/statements/<int:statement_id>/merge")
+@facilitator_only
+def merge(statement_id: int):
+    """Merge a statement into another of its round: it is rejected as "Merged into #<id>"."""
+    form = MergeForm()
+    round_id = _statement_round_id(statement_id)
+    state = _queue_state(form.state.data)
+    try:
+        if not form.validate():
+            raise ValidationError(_first_error(form))
+        merged = statements_service.merge_statement(actor(), statement_id, form.into.data)
+    except (ValidationError, Conflict, NotFound) as error:
+        flash(error.message, "error")
+        draft = request.form.get("into", "")[:20]
+        return _render_queue(round_id, state, error.status_code, {("into", statement_id): draft})
+    flash(
+        f"Statement #{merged.id} merged into #{form.into.data}: voters no longer see it.",
+        "success",
+    )
     return _back_to_queue(round_id, state)
 
 

@@ -377,6 +377,19 @@ CASES: dict[str, Case] = {
         lenient=("state",),
         unknown_url=lambda: f"/facilitate/statements/{UNKNOWN_ID}/correct",
     ),
+    "/facilitate/statements/<int:statement_id>/merge": Case(
+        "facilitator",
+        lambda i: f"/facilitate/statements/{i.pending}/merge",
+        lambda i: {"into": str(i.seeds[3]), "state": "pending"},
+        ints=("into",),
+        lenient=("state",),
+        unknown_in_fields=lambda i: [
+            {"into": str(UNKNOWN_ID)},
+            {"into": str(i.pending)},
+            {"into": str(i.closed_seed)},
+        ],
+        unknown_url=lambda: f"/facilitate/statements/{UNKNOWN_ID}/merge",
+    ),
     "/facilitate/statements/<int:statement_id>/reject": Case(
         "facilitator",
         lambda i: f"/facilitate/statements/{i.pending}/reject",

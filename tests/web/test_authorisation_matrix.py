@@ -106,6 +106,9 @@ MATRIX: dict[tuple[str, str], dict[str, object]] = {
     ("POST", "/facilitate/statements/<int:statement_id>/correct"): row(
         LOGIN, 403, 403, 403, 303, 303
     ),
+    ("POST", "/facilitate/statements/<int:statement_id>/merge"): row(
+        LOGIN, 403, 403, 403, 303, 303
+    ),
     ("GET", "/facilitate/rounds/<int:round_id>/next"): row(LOGIN, 403, 403, 403, 200, 200),
     ("POST", "/facilitate/rounds/<int:round_id>/next"): row(LOGIN, 403, 403, 403, 303, 303),
     # Comparing two rounds: facilitators and leadership.
@@ -193,6 +196,7 @@ WRITES: dict[tuple[str, str], set[str]] = {
     ("POST", "/facilitate/statements/<int:statement_id>/accept"): STAFF,
     ("POST", "/facilitate/statements/<int:statement_id>/reject"): STAFF,
     ("POST", "/facilitate/statements/<int:statement_id>/correct"): STAFF,
+    ("POST", "/facilitate/statements/<int:statement_id>/merge"): STAFF,
     ("POST", "/facilitate/rounds/<int:round_id>/next"): STAFF,
     ("POST", "/rounds/<int:round_id>/report/groups/<int:group_id>/name"): STAFF,
     ("POST", "/rounds/<int:round_id>/report/statements/<int:statement_id>/hide"): STAFF,
@@ -403,6 +407,11 @@ def prepare(method: str, rule: str, s: Samples, actor: User | None) -> Request:
         if rule.endswith("/reject"):
             return Request(
                 url, {"reason": "Off topic"}, effect=lambda: _state_of(db, sid) == "rejected"
+            )
+        if rule.endswith("/merge"):
+            into = s.accepted_statement(statement.round).id
+            return Request(
+                url, {"into": str(into)}, effect=lambda: _state_of(db, sid) == "rejected"
             )
         text = f"Corrected statement {n}"
         return Request(
