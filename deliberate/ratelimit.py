@@ -23,12 +23,13 @@ import logging
 import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import current_app, g, has_app_context, has_request_context, request, session
 from limits.storage import Storage
-from sqlalchemy import text
+from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -158,6 +159,8 @@ class DatabaseStorage(Storage):
         self._engines: dict[int, Engine] = {}
         self._flusher_pid: int | None = None
         self._atexit_pid: int | None = None
+        self._last_warning = float("-inf")
+        self._listening: weakref.WeakSet[Engine] = weakref.WeakSet()
         self._flush_lock = threading.Lock()
         self._stopped = threading.Event()
 
@@ -279,6 +282,11 @@ class DatabaseStorage(Storage):
         count, expires_at = self._upsert(key, expiry, amount, now)
         with self._lock:
             self._engines.setdefault(where[0], engine)
+            if engine not in self._listening:
+                # A disposed engine (the app stopping; tests) takes its windows with it, so
+                # that the flusher never writes to a database that may be gone.
+                self._listening.add(engine)
+                event.listen(engine, "engine_disposed", self._forget_engine)
             window = self._windows.get(where)
             if window is None or window.expires_at <= now:
                 self._windows[where] = _Window(expires_at=expires_at, length=expiry, shared=count)
@@ -315,8 +323,26 @@ class DatabaseStorage(Storage):
     def _flush_quietly(self) -> None:
         try:
             self.flush()
-        except Exception:  # the counts are kept and written next time
-            log.warning("rate-limit counters could not be written; retrying", exc_info=True)
+        except Exception as error:  # the counts are kept and written next time
+            # One line, at most once a minute while it lasts (no traceback: this runs every
+            # sync_seconds in a background thread).
+            now = time.monotonic()
+            if now - self._last_warning >= 60.0:
+                self._last_warning = now
+                log.warning(
+                    "rate-limit counters could not be written (retrying every %s s): %s",
+                    self.sync_seconds,
+                    str(error).splitlines()[0] if str(error) else type(error).__name__,
+                )
+        else:
+            self._last_warning = float("-inf")
+
+    def _forget_engine(self, engine: Engine) -> None:
+        """Drop the windows of a disposed engine (their unwritten counts with them)."""
+        with self._lock:
+            for where in [w for w in self._windows if w[0] == id(engine)]:
+                del self._windows[where]
+            self._engines.pop(id(engine), None)
 
     def flush(self) -> int:
         """Write this process's pending increments now (one transaction per database); how many

@@ -155,3 +155,36 @@ def test_the_app_limits_exactly_within_a_process(app_config, password_hash):
             assert _db.session.scalar(select(func.count()).select_from(Vote)) == 1
             _db.session.remove()
         assert counters(app)[member_key] == 4
+
+
+def test_a_disposed_engine_takes_its_windows_with_it(app):
+    url = _db.engine.url.render_as_string(hide_password=False)
+    engine = create_engine(url)
+    configure_sqlite(engine)
+    one = DatabaseStorage("database://", engine=engine, sync_seconds=NEVER)
+    one.incr("gone", 60)
+    assert one.incr("gone", 60) == 2  # pending in the process
+    engine.dispose()
+    assert one.flush() == 0  # nothing left to write to that database
+    assert one.get("gone") == 1  # what the database holds
+    assert one.incr("gone", 60) == 2  # a new window, written at once again
+    assert stored(engine, "gone") == 2
+    engine.dispose()
+
+
+def test_failed_writes_are_logged_once_a_minute_in_one_line(engines, caplog):
+    one = DatabaseStorage("database://", engine=engines[0], sync_seconds=NEVER)
+    one.incr("logged", 60)
+    with engines[0].begin() as conn:
+        conn.execute(text("ALTER TABLE rate_limit_counters RENAME TO rate_limit_counters_away"))
+    try:
+        for _ in range(3):
+            one.incr("logged", 60)
+            one._flush_quietly()
+    finally:
+        with engines[0].begin() as conn:
+            conn.execute(text("ALTER TABLE rate_limit_counters_away RENAME TO rate_limit_counters"))
+    warnings = [r for r in caplog.records if "could not be written" in r.getMessage()]
+    assert len(warnings) == 1 and warnings[0].exc_info is None
+    one._flush_quietly()  # it works again: the next failure is reported at once
+    assert stored(engines[0], "logged") == 4
