@@ -237,18 +237,26 @@ class DatabaseStorage(Storage):
     # --- the Storage interface ----------------------------------------------------------------
 
     def incr(self, key: str, expiry: int, amount: int = 1) -> int:
-        if self.sync_seconds > 0:
-            engine = self.engine()
-            if not self._request_holds_sqlite_write_lock(engine):
-                return self._incr_behind(engine, key, expiry, amount)
-        return self._upsert(key, expiry, amount, time.time())[0]
-
-    def _upsert(self, key: str, expiry: int, amount: int, now: float) -> tuple[int, float]:
-        """Write the increment at once: the shared count after it and the window's end."""
-        params = {"key": key, "amount": amount, "expires_at": now + expiry, "now": now}
         engine = self.engine()
+        joins_request = self._request_holds_sqlite_write_lock(engine)
+        if self.sync_seconds > 0 and not joins_request:
+            return self._incr_behind(engine, key, expiry, amount)
+        return self._upsert(engine, key, expiry, amount, time.time(), joins_request)[0]
+
+    def _upsert(
+        self,
+        engine: Engine,
+        key: str,
+        expiry: int,
+        amount: int,
+        now: float,
+        joins_request: bool = False,
+    ) -> tuple[int, float]:
+        """Write the increment at once: the shared count after it and the window's end.
+        `joins_request`: the request's session holds SQLite's write lock; count in it."""
+        params = {"key": key, "amount": amount, "expires_at": now + expiry, "now": now}
         row = None
-        if self._request_holds_sqlite_write_lock(engine):
+        if joins_request:
             session = current_app.extensions["sqlalchemy"].session
             row = session.execute(_UPSERT, params).one()
         elif engine.dialect.name == "sqlite":
@@ -279,7 +287,7 @@ class DatabaseStorage(Storage):
                 return window.count()
         # The first increment of a window in this process: written at once, which tells the
         # shared count and the window's end.
-        count, expires_at = self._upsert(key, expiry, amount, now)
+        count, expires_at = self._upsert(engine, key, expiry, amount, now)
         with self._lock:
             self._engines.setdefault(where[0], engine)
             if engine not in self._listening:

@@ -256,19 +256,11 @@ def _assign_candidates(
     so the labels are identical. ``cache`` keeps the candidate sets between iterations
     (remade when the number of centres changes)."""
     m = centers.shape[0]
-    cx = np.ascontiguousarray(centers[:, 0])
-    cy = np.ascontiguousarray(centers[:, 1])
     # squared centre-centre distances (symmetric: x - y is exactly -(y - x)); reach from the
     # minimum of the squares (sqrt is monotone, so it is the minimum distance)
-    cc2 = np.empty((m, m))
-    np.copyto(cc2, cx[:, None])  # a broadcast copy, then a plain subtraction: faster
-    cc2 -= cx
-    cc2 *= cc2
-    dy = np.empty((m, m))
-    np.copyto(dy, cy[:, None])
-    dy -= cy
-    dy *= dy
-    cc2 += dy
+    cc2 = _pairwise_sq(centers)
+    cx = np.ascontiguousarray(centers[:, 0])
+    cy = np.ascontiguousarray(centers[:, 1])
     if cache.get("m") != m:
         sets = [_candidate_sets(cc2, min(_CANDIDATES, m - 1))]
         if m - 1 > _CANDIDATES_WIDE:
@@ -551,11 +543,12 @@ def clean_start(
     return np.asarray(ids, np.int64), np.asarray(centers, np.float64).reshape(-1, 2)
 
 
-def _pairwise(points: np.ndarray) -> np.ndarray:
-    """(n, n) Euclidean distances, as :func:`silhouette` computes them."""
+def _pairwise_sq(points: np.ndarray) -> np.ndarray:
+    """(n, n) squared Euclidean distances of 2-D points (a new array)."""
     x, y = points[:, 0], points[:, 1]
     n = x.size
     # x_i - x_j as a broadcast copy minus a plain (row-broadcast) subtraction: the same values
+    # as the broadcast subtraction, faster
     d = np.empty((n, n))
     np.copyto(d, x[:, None])
     d -= x
@@ -565,6 +558,12 @@ def _pairwise(points: np.ndarray) -> np.ndarray:
     e -= y
     e *= e
     d += e
+    return d
+
+
+def _pairwise(points: np.ndarray) -> np.ndarray:
+    """(n, n) Euclidean distances, as :func:`silhouette` computes them."""
+    d = _pairwise_sq(points)
     return np.sqrt(d, out=d)
 
 
