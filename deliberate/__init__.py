@@ -43,6 +43,9 @@ def create_app(config: dict | None = None) -> Flask:
     with app.app_context():
         configure_sqlite(db.engine)
 
+    from .web.fast_vote import install as install_fast_vote_path
+
+    install_fast_vote_path(app)  # before ProxyFix wraps the app (init_security_headers)
     init_security_headers(app)
     init_web(app)
 

@@ -17,6 +17,7 @@ SQLite the counter is written before the request's own transaction takes the wri
 from __future__ import annotations
 
 import atexit
+import functools
 import hashlib
 import itertools
 import logging
@@ -28,10 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import current_app, g, has_app_context, has_request_context, request, session
+from limits import RateLimitItem, parse_many
 from limits.storage import Storage
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.http import http_date
 
 from .database import holds_write_lock, sqlite_write_gate, write_intent
 
@@ -480,7 +483,17 @@ def client_address() -> str:
 
 def address_key() -> str:
     """Count per client address."""
-    return f"addr:{client_address()}"
+    return address_key_of(client_address())
+
+
+def address_key_of(address: str | None) -> str:
+    """The per-address key of a client address (address_key, without a request)."""
+    return f"addr:{address or 'unknown'}"
+
+
+def user_key(user_id: int | str) -> str:
+    """The per-account key of a logged-in user (account_key, without a request)."""
+    return f"user:{user_id}"
 
 
 def _session_user_id() -> str | None:
@@ -515,7 +528,7 @@ def account_key() -> str:
     """
     user_id = _session_user_id()
     if user_id is not None:
-        return f"user:{user_id}"
+        return user_key(user_id)
     token = _bearer_token()
     if token is not None:
         return f"token:{_digest(token)}"
@@ -559,6 +572,103 @@ def limits_from_environment(environ) -> dict[str, str]:
     }
 
 
+# --- counting without a request (the vote fast path) --------------------------------------
+
+# Set in the WSGI environ by a caller that counted the request with count_directly and then
+# handed it to the Flask view (to answer an error): the view's limits then do not count it
+# again. A client cannot set an environ key (its headers arrive as HTTP_*).
+COUNTED_ENVIRON_KEY = "deliberate.ratelimit.counted"
+
+
+def counted_already() -> bool:
+    """Whether this request's limits were counted before it reached Flask (see above)."""
+    return bool(request.environ.get(COUNTED_ENVIRON_KEY))
+
+
+def add_counted_limit_headers(response):
+    """After a request whose limits were counted before it reached Flask (the view's limits
+    were then skipped): the X-RateLimit-* headers of that count, as the view's limits would
+    have added them. The counted limit is in the environ (or True: no headers)."""
+    header = request.environ.get(COUNTED_ENVIRON_KEY)
+    if isinstance(header, tuple):
+        for name, value in rate_limit_headers(header):
+            response.headers.set(name, value)
+    return response
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(value: str) -> tuple[RateLimitItem, ...]:
+    return tuple(parse_many(value))
+
+
+@dataclass(frozen=True, slots=True)
+class DirectCount:
+    """What counting a request's limits outside Flask-Limiter's request hooks found."""
+
+    counted: bool  # every limit had room, and the request was counted against each
+    header: tuple[RateLimitItem, tuple[str, ...]] | None = None  # the limit the headers show
+
+
+def count_directly(kind: str, account: str, address: str) -> DirectCount:
+    """Count a request against the two limits of `kind` as the `_limits` decorators would
+    (same strategy and storage, same keys and scopes, same order), for a caller outside
+    Flask-Limiter's request hooks: web/fast_vote.py. Needs an app context.
+
+    It first tests every limit and counts only if all have room, so a request that would be
+    refused is not counted here (`counted` False: the caller hands the request to the Flask
+    view, whose limits count it and answer 429). Limits off: counted, with no header limit.
+    Storage errors propagate (the caller hands the request over: Flask-Limiter then applies
+    its in-memory fallback)."""
+    from .extensions import limiter
+
+    if not (limiter.enabled and limiter.initialized):
+        return DirectCount(True)
+    config = current_app.config
+    prefix = config.get("RATELIMIT_KEY_PREFIX") or ""
+    scope = kind.lower()
+    entries: list[tuple[RateLimitItem, tuple[str, ...]]] = []
+    for name, key, suffix in (
+        (f"RATELIMIT_{kind}_PER_ADDRESS", address, "address"),
+        (f"RATELIMIT_{kind}", account, "account"),
+    ):
+        value = str(config.get(name) or DEFAULT_LIMITS[name])
+        ids = (key, f"{scope}:{suffix}")
+        for item in _parsed(value):
+            entries.append((item, (prefix, *ids) if prefix else ids))
+    entries.sort(key=lambda entry: entry[0])  # stable: Flask-Limiter's order
+    strategy = limiter.limiter
+    if not all(strategy.test(item, *ids) for item, ids in entries):
+        return DirectCount(False)
+    for item, ids in entries:
+        if not strategy.hit(item, *ids):
+            # Another request took the last room meanwhile: the view counts and refuses it.
+            return DirectCount(False)
+    return DirectCount(True, entries[0] if entries else None)
+
+
+def rate_limit_headers(header: tuple[RateLimitItem, tuple[str, ...]]) -> list[tuple[str, str]]:
+    """The X-RateLimit-* and Retry-After headers Flask-Limiter adds for that limit (with its
+    configuration: RATELIMIT_HEADERS_ENABLED, RATELIMIT_HEADER_*); none when they are off."""
+    from .extensions import limiter
+
+    config = current_app.config
+    if not config.get("RATELIMIT_HEADERS_ENABLED"):
+        return []
+    item, ids = header
+    reset, remaining = limiter.limiter.get_window_stats(item, *ids)
+    reset_at = int(reset + 1)
+    if config.get("RATELIMIT_HEADER_RETRY_AFTER_VALUE") == "http-date":
+        retry_after = http_date(reset_at)
+    else:
+        retry_after = str(int(reset_at - time.time()))
+    return [
+        (config.get("RATELIMIT_HEADER_LIMIT") or "X-RateLimit-Limit", str(item.amount)),
+        (config.get("RATELIMIT_HEADER_REMAINING") or "X-RateLimit-Remaining", str(remaining)),
+        (config.get("RATELIMIT_HEADER_RESET") or "X-RateLimit-Reset", str(reset_at)),
+        (config.get("RATELIMIT_HEADER_RETRY_AFTER") or "Retry-After", retry_after),
+    ]
+
+
 # --- decorators ------------------------------------------------------------------------------
 
 
@@ -576,12 +686,14 @@ def _limits(kind: str, account: Callable[[], str], *, scope: str | None = None, 
         scope=f"{scope}:account",
         key_func=account,
         methods=methods,
+        exempt_when=counted_already,
     )
     per_address = limiter.shared_limit(
         configured(f"RATELIMIT_{kind}_PER_ADDRESS"),
         scope=f"{scope}:address",
         key_func=address_key,
         methods=methods,
+        exempt_when=counted_already,
     )
 
     def decorate(view):

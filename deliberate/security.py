@@ -83,6 +83,36 @@ def trust_proxies(app: Flask) -> None:
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=proxies, x_proto=proxies)
 
 
+_HEADERS = (
+    ("Content-Security-Policy", CONTENT_SECURITY_POLICY),
+    ("X-Content-Type-Options", "nosniff"),
+    ("X-Frame-Options", "DENY"),
+    ("Referrer-Policy", "same-origin"),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
+    ("Permissions-Policy", "camera=(), microphone=(), geolocation=(), interest-cohort=()"),
+)
+
+
+def security_headers(secure: bool, mimetype: str | None) -> list[tuple[str, str]]:
+    """The security headers every response carries. `secure`: the request came over HTTPS
+    (then HSTS too); `mimetype`: the response's (pages and JSON are never cached)."""
+    headers = list(_HEADERS)
+    if secure:
+        headers.append(("Strict-Transport-Security", "max-age=31536000; includeSubDomains"))
+    # Pages and JSON can carry personal data and CSRF tokens: never let caches keep them.
+    if mimetype in ("text/html", "application/json"):
+        headers.append(("Cache-Control", "no-store"))
+    return headers
+
+
+def add_security_headers(response: Response, secure: bool) -> None:
+    """Add security_headers to a response (a header the view set itself is kept)."""
+    headers = response.headers
+    for name, value in security_headers(secure, response.mimetype):
+        headers.setdefault(name, value)
+
+
 def init_security_headers(app: Flask) -> None:
     """Strict security headers on every response: pages, errors, JSON, files, static assets."""
     init_request_guards(app)
@@ -90,19 +120,5 @@ def init_security_headers(app: Flask) -> None:
 
     @app.after_request
     def _set_headers(response: Response) -> Response:
-        headers = response.headers
-        headers.setdefault("Content-Security-Policy", CONTENT_SECURITY_POLICY)
-        headers.setdefault("X-Content-Type-Options", "nosniff")
-        headers.setdefault("X-Frame-Options", "DENY")
-        headers.setdefault("Referrer-Policy", "same-origin")
-        headers.setdefault("Cross-Origin-Opener-Policy", "same-origin")
-        headers.setdefault("Cross-Origin-Resource-Policy", "same-origin")
-        headers.setdefault(
-            "Permissions-Policy", "camera=(), microphone=(), geolocation=(), interest-cohort=()"
-        )
-        if request.is_secure:
-            headers.setdefault("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
-        # Pages and JSON can carry personal data and CSRF tokens: never let caches keep them.
-        if response.mimetype in ("text/html", "application/json"):
-            headers.setdefault("Cache-Control", "no-store")
+        add_security_headers(response, request.is_secure)
         return response

@@ -336,6 +336,14 @@ def init_worker(app: Flask) -> None:
 
     @app.before_request
     def _start_analysis_worker() -> None:
-        worker = app.extensions.get(EXTENSION_KEY)
-        if worker is None or worker.pid != os.getpid():
-            ensure_worker_thread(app)
+        start_with_requests(app)
+
+
+def start_with_requests(app: Flask) -> None:
+    """What every request does first: start this process's worker thread if the app runs one
+    (ANALYSIS_WORKER == 'thread') and it has not started here yet. Cheap once it runs."""
+    if app.config.get("ANALYSIS_WORKER") != "thread":
+        return
+    worker = app.extensions.get(EXTENSION_KEY)
+    if worker is None or worker.pid != os.getpid():
+        ensure_worker_thread(app)

@@ -19,6 +19,12 @@ class ValidationError(DomainError):
     status_code = 400
 
 
+class NotAuthenticated(DomainError):
+    """No one is logged in (or the session has ended: password changed, account deactivated)."""
+
+    status_code = 401
+
+
 class NotAllowed(DomainError):
     """The acting user may not do this."""
 

@@ -7,6 +7,7 @@ that changes something also appends a `VoteEvent` (the history, and the analysis
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NamedTuple
@@ -25,7 +26,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.sql import Executable
 
-from ..database import commit_keeping_objects, holds_write_lock, write_intent
+from ..database import DriverStatement, commit_keeping_objects, holds_write_lock, write_intent
 from ..extensions import db
 from ..models import (
     MAX_ID,
@@ -46,7 +47,7 @@ from ..models import (
 )
 from . import routing
 from .authz import can_participate, can_view_round, require_user
-from .errors import NotAllowed, NotFound, RoundClosed, ValidationError
+from .errors import NotAllowed, NotAuthenticated, NotFound, RoundClosed, ValidationError
 from .rounds import is_accepting_votes
 from .statements import visible_statement_filter
 
@@ -260,7 +261,7 @@ def _conn(conn: Connection | None) -> Connection:
 
 
 def _round_info(round_id: int, conn: Connection | None = None) -> RoundInfo | None:
-    rows = _conn(conn).execute(_ROUND_INFO, {"round_id": round_id}).all()
+    rows = _ROUND_INFO_DRIVER.rows(_conn(conn), {"round_id": round_id})
     return _round_from_rows(rows)
 
 
@@ -268,10 +269,8 @@ def _round_and_statement(
     round_id: int, statement_id: int, conn: Connection | None = None
 ) -> tuple[RoundInfo | None, _StatementCheck | None]:
     """The round and, if it is in that round, the statement: one query."""
-    rows = (
-        _conn(conn)
-        .execute(_ROUND_AND_STATEMENT, {"round_id": round_id, "statement_id": statement_id})
-        .all()
+    rows = _ROUND_AND_STATEMENT_DRIVER.rows(
+        _conn(conn), {"round_id": round_id, "statement_id": statement_id}
     )
     first = rows[0] if rows else None
     if first is None or first.statement_id is None:
@@ -360,9 +359,6 @@ def _candidates_query(post_moderation: bool):
         select(
             _statements.c.id,
             _statements.c.is_meta,
-            _statements.c.text,
-            _statements.c.origin,
-            _statements.c.author_id,
             offered_count.label("offered"),
             routing.LATEST_SNAPSHOT_ID.label("snapshot_id"),
         )
@@ -375,15 +371,34 @@ def _candidates_query(post_moderation: bool):
 # Keyed by "is the round post-moderated".
 _PROGRESS = {post: _progress_query(post) for post in (False, True)}
 _CANDIDATES = {post: _candidates_query(post) for post in (False, True)}
-_STATEMENT_CHECK = select(
-    _statements.c.round_id, _statements.c.author_id, _statements.c.moderation_state
-).where(_statements.c.id == bindparam("statement_id"))
-_AUTHOR_ORGANISATION = (
-    select(Organisation.name)
-    .join(User, User.organisation_id == Organisation.id)
-    .where(User.id == bindparam("user_id"))
+# The vote path's statements run on the driver's cursor (database.DriverStatement).
+_PROGRESS_DRIVER = {post: DriverStatement(query) for post, query in _PROGRESS.items()}
+_CANDIDATES_DRIVER = {post: DriverStatement(query) for post, query in _CANDIDATES.items()}
+_CANDIDATES_WITHOUT_DRIVER = {
+    post: DriverStatement(query.where(_statements.c.id != bindparam("statement_id")))
+    for post, query in _CANDIDATES.items()
+}
+_ROUND_INFO_DRIVER = DriverStatement(_ROUND_INFO)
+_ROUND_AND_STATEMENT_DRIVER = DriverStatement(_ROUND_AND_STATEMENT)
+_STATEMENT_CHECK = DriverStatement(
+    select(_statements.c.round_id, _statements.c.author_id, _statements.c.moderation_state).where(
+        _statements.c.id == bindparam("statement_id")
+    )
 )
-_VOTE_ROW = (
+# An offered statement: text, origin, author and their organisation (NULL without one).
+_OFFERED = DriverStatement(
+    select(
+        _statements.c.text,
+        _statements.c.origin,
+        _statements.c.author_id,
+        Organisation.name.label("organisation"),
+    )
+    .select_from(_statements)
+    .outerjoin(User, User.id == _statements.c.author_id)
+    .outerjoin(Organisation, Organisation.id == User.organisation_id)
+    .where(_statements.c.id == bindparam("statement_id"))
+)
+_VOTE_ROW = DriverStatement(
     select(_votes.c.id, _votes.c.value)
     .where(
         _votes.c.statement_id == bindparam("statement_id"),
@@ -391,22 +406,38 @@ _VOTE_ROW = (
     )
     .with_for_update()
 )
-_VOTE_UPDATE = (
+_VOTE_UPDATE = DriverStatement(
     update(_votes)
     .where(_votes.c.id == bindparam("vote_id"))
     .values(value=bindparam("new_value"), updated_at=bindparam("timestamp"))
 )
-_EVENT_INSERT = insert(_events)
-_VOTE_INSERTS: dict[str, Executable] = {}
+_EVENT_INSERT = DriverStatement(
+    insert(_events).values(
+        round_id=bindparam("round_id"),
+        statement_id=bindparam("statement_id"),
+        user_id=bindparam("user_id"),
+        value=bindparam("value"),
+        previous_value=bindparam("previous_value"),
+        created_at=bindparam("created_at"),
+    )
+)
+_VOTE_INSERTS: dict[str, DriverStatement] = {}
 
 
-def _vote_insert() -> Executable:
-    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, for the engine's dialect."""
-    dialect = db.engine.dialect.name
+def _vote_insert(dialect: str) -> DriverStatement:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING id, for the dialect."""
     statement = _VOTE_INSERTS.get(dialect)
     if statement is None:
-        statement = (
+        statement = DriverStatement(
             _insert(_votes)
+            .values(
+                round_id=bindparam("round_id"),
+                statement_id=bindparam("statement_id"),
+                user_id=bindparam("user_id"),
+                value=bindparam("value"),
+                created_at=bindparam("created_at"),
+                updated_at=bindparam("updated_at"),
+            )
             .on_conflict_do_nothing(index_elements=["statement_id", "user_id"])
             # RETURNING says whether a row went in: with it PostgreSQL's rowcount is -1.
             .returning(_votes.c.id)
@@ -417,7 +448,8 @@ def _vote_insert() -> Executable:
 
 def _insert_vote(row: dict, conn: Connection | None = None) -> bool:
     """Insert the member's vote unless they have one on the statement; whether it went in."""
-    return _conn(conn).execute(_vote_insert(), row).first() is not None
+    conn = _conn(conn)
+    return _vote_insert(conn.dialect.name).first(conn, row) is not None
 
 
 def _first_vote_event_pg():
@@ -485,16 +517,16 @@ def _first_vote_and_candidates_pg(post_moderation: bool):
     )
 
 
-_FIRST_VOTE_EVENT_PG = _first_vote_event_pg()
+_FIRST_VOTE_EVENT_PG = DriverStatement(_first_vote_event_pg())
 _FIRST_VOTE_AND_CANDIDATES_PG = {
-    post: _first_vote_and_candidates_pg(post) for post in (False, True)
+    post: DriverStatement(_first_vote_and_candidates_pg(post)) for post in (False, True)
 }
 
 
 def _insert_first_vote_pg(row: dict, conn: Connection | None = None) -> bool:
     """PostgreSQL: insert the vote and its history row unless the member has a vote on the
     statement (then nothing); whether they went in."""
-    return _conn(conn).execute(_FIRST_VOTE_EVENT_PG, row).first() is not None
+    return _FIRST_VOTE_EVENT_PG.first(_conn(conn), row) is not None
 
 
 def _insert_first_vote_and_read_candidates_pg(
@@ -503,7 +535,7 @@ def _insert_first_vote_and_read_candidates_pg(
     """PostgreSQL: as _insert_first_vote_pg, and when the vote went in, the member's
     candidates after it (as _candidates), read by the same statement; None when it did not."""
     post = round_.moderation == ModerationMode.POST
-    rows = _conn(conn).execute(_FIRST_VOTE_AND_CANDIDATES_PG[post], row).all()
+    rows = _FIRST_VOTE_AND_CANDIDATES_PG[post].rows(_conn(conn), row, named=False)
     if not rows[0][0]:
         return None
     return _candidates_from_rows([r[1:] for r in rows if r[1] is not None], round_, user, conn)
@@ -514,7 +546,7 @@ def _locked_vote(key: dict[str, int], conn: Connection | None = None):
 
     SELECT ... FOR UPDATE on PostgreSQL; on SQLite the transaction holds the write lock.
     """
-    return _conn(conn).execute(_VOTE_ROW, key).first()
+    return _VOTE_ROW.first(_conn(conn), key)
 
 
 class Candidate(NamedTuple):
@@ -522,14 +554,11 @@ class Candidate(NamedTuple):
 
     id: int
     is_meta: bool
-    text: str
-    origin: str
-    author_id: int | None
 
 
 def _progress(round_: Round | RoundInfo, user: User, conn: Connection | None = None) -> Progress:
     post = round_.moderation == ModerationMode.POST
-    row = _conn(conn).execute(_PROGRESS[post], {"round_id": round_.id, "user_id": user.id}).one()
+    row = _PROGRESS_DRIVER[post].first(_conn(conn), {"round_id": round_.id, "user_id": user.id})
     return Progress(voted=int(row[1]), total=int(row[0]))
 
 
@@ -540,12 +569,22 @@ class _Candidates(NamedTuple):
 
 
 def _candidates(
-    round_: Round | RoundInfo, user: User, conn: Connection | None = None
+    round_: Round | RoundInfo,
+    user: User,
+    conn: Connection | None = None,
+    without: int | None = None,
 ) -> _Candidates:
     """The member's unvoted offered statements (oldest first), their progress, and the id of
-    the round's latest snapshot: one query (two when nothing, or too much, is left)."""
+    the round's latest snapshot: one query (two when nothing, or too much, is left).
+    `without`: a statement counted as voted (the one being voted on, read before the vote is
+    written): then the figures are those after the vote."""
     post = round_.moderation == ModerationMode.POST
-    rows = _conn(conn).execute(_CANDIDATES[post], {"round_id": round_.id, "user_id": user.id}).all()
+    params = {"round_id": round_.id, "user_id": user.id}
+    if without is None:
+        rows = _CANDIDATES_DRIVER[post].rows(_conn(conn), params, named=False)
+    else:
+        params["statement_id"] = without
+        rows = _CANDIDATES_WITHOUT_DRIVER[post].rows(_conn(conn), params, named=False)
     return _candidates_from_rows(rows, round_, user, conn)
 
 
@@ -553,11 +592,11 @@ def _candidates_from_rows(
     rows, round_: Round | RoundInfo, user: User, conn: Connection | None
 ) -> _Candidates:
     """_Candidates from rows as _CANDIDATES reads them."""
-    statements = [Candidate(*r[:5]) for r in rows]
+    statements = [Candidate(r[0], r[1]) for r in rows]
     if not rows or len(rows) >= MAX_CANDIDATES:  # nothing left, or more than were read
         return _Candidates(statements, _progress(round_, user, conn), routing.UNKNOWN)
-    total = int(rows[0][5])
-    return _Candidates(statements, Progress(voted=total - len(rows), total=total), rows[0][6])
+    total = int(rows[0][2])
+    return _Candidates(statements, Progress(voted=total - len(rows), total=total), rows[0][3])
 
 
 def _next_candidate(
@@ -574,19 +613,20 @@ def _next_statement(round_: Round, user: User, rng: random.Random | None) -> Sta
 
 def _offered_statement(
     round_: RoundInfo, chosen: Candidate, conn: Connection | None = None
-) -> OfferedStatement:
-    organisation = None
-    if (
-        chosen.origin == StatementOrigin.MEMBER
-        and round_.author_display == AuthorDisplay.ORGANISATION
-        and chosen.author_id is not None
-    ):
-        organisation = _conn(conn).scalar(_AUTHOR_ORGANISATION, {"user_id": chosen.author_id})
+) -> OfferedStatement | None:
+    """The chosen candidate as offered: its text and who wrote it (read now: the candidates
+    query reads only what routing needs, as one statement is shown)."""
+    row = _OFFERED.first(_conn(conn), {"statement_id": chosen.id})
+    if row is None:  # purged since the candidates were read
+        return None
     return OfferedStatement(
         id=chosen.id,
-        text=chosen.text,
+        text=row.text,
         author_label=_describe_author(
-            chosen.origin, round_.author_display, chosen.author_id is not None, organisation
+            row.origin,
+            round_.author_display,
+            row.author_id is not None,
+            row.organisation if row.origin == StatementOrigin.MEMBER else None,
         ),
     )
 
@@ -652,8 +692,46 @@ def _record_vote(
     """Check and write a vote in the current transaction (of `conn`, by default the
     session's); the caller commits. With `read_candidates` on PostgreSQL, a first vote also
     reads the member's candidates after it, in the same statement (else they are None)."""
-    user = require_user(actor)
     conn = _conn(conn)
+    user, round_, statement_id, value = _check_vote(
+        actor, statement_id, value, round_id=round_id, now=now, conn=conn
+    )
+    if conn.dialect.name != "sqlite":  # PostgreSQL: the vote and its history row at once
+        row = {
+            "round_id": round_.id,
+            "statement_id": statement_id,
+            "user_id": user.id,
+            "value": value,
+            "timestamp": utcnow(),
+        }
+        new = VoteResult(round_.id, statement_id, value, None, "new")
+        if read_candidates:
+            found = _insert_first_vote_and_read_candidates_pg(row, round_, user, conn)
+            if found is not None:
+                return _Recorded(new, user, round_, found)
+        elif _insert_first_vote_pg(row, conn):
+            return _Recorded(new, user, round_)
+    # SQLite: insert first; PostgreSQL: the insert above found a vote there (or a concurrent
+    # first vote): the locked read and update.
+    sqlite = conn.dialect.name == "sqlite"
+    result = _write_vote(user, round_, statement_id, value, conn, insert_first=sqlite)
+    return _Recorded(result, user, round_)
+
+
+def _check_vote(
+    actor: User,
+    statement_id: object,
+    value: object,
+    *,
+    round_id: int | None,
+    now: datetime | None,
+    conn: Connection,
+) -> tuple[User, RoundInfo, int, int]:
+    """Everything a vote must satisfy, read on `conn`: the member, the round (if given, the
+    statement must be in it), the statement (visible), the value, the round accepting votes,
+    the member taking part, not their own statement. The member, the round, and the valid
+    statement id and value; or the DomainError saying why not."""
+    user = require_user(actor)
     statement = None
     if round_id is not None:
         valid_round = type(round_id) is int and 0 < round_id <= MAX_ID
@@ -668,7 +746,7 @@ def _record_vote(
     value = _validate_value(value)
     statement_id = _validate_id(statement_id, "statement")
     if round_id is None:
-        statement = conn.execute(_STATEMENT_CHECK, {"statement_id": statement_id}).first()
+        statement = _STATEMENT_CHECK.first(conn, {"statement_id": statement_id})
         found = None if statement is None else _round_info(statement.round_id, conn)
         if found is None or not can_view_round(user, found):
             raise NotFound("No such statement.")
@@ -686,47 +764,49 @@ def _record_vote(
         raise NotAllowed("You are not taking part in this round.")
     if statement.author_id is not None and statement.author_id == user.id:
         raise NotAllowed("You cannot vote on your own statement.")
+    return user, round_, statement_id, value
 
+
+def _write_vote(
+    user: User,
+    round_: RoundInfo,
+    statement_id: int,
+    value: int,
+    conn: Connection,
+    *,
+    insert_first: bool,
+) -> VoteResult:
+    """Write a checked vote and its history row in the current transaction of `conn`: a first
+    vote, a change, or nothing when the value is the same. `insert_first`: try the insert
+    first (on PostgreSQL the caller's combined insert already found a vote there)."""
     timestamp = utcnow()
     key = {"statement_id": statement_id, "user_id": user.id}
     previous: int | None = None
     status: VoteStatus = "new"
     # Insert first (most votes are first votes): ON CONFLICT DO NOTHING leaves an existing
     # row, also one a concurrent request has just inserted, for the update below.
-    if conn.dialect.name != "sqlite":  # PostgreSQL: the vote and its history row at once
-        row = {"round_id": round_.id, **key, "value": value, "timestamp": timestamp}
-        new = VoteResult(round_.id, statement_id, value, None, "new")
-        if read_candidates:
-            found = _insert_first_vote_and_read_candidates_pg(row, round_, user, conn)
-            if found is not None:
-                return _Recorded(new, user, round_, found)
-        elif _insert_first_vote_pg(row, conn):
-            return _Recorded(new, user, round_)
-        inserted = False
-    else:
-        inserted = _insert_vote(
-            {
-                "round_id": round_.id,
-                **key,
-                "value": value,
-                "created_at": timestamp,
-                "updated_at": timestamp,
-            },
-            conn,
-        )
+    inserted = insert_first and _insert_vote(
+        {
+            "round_id": round_.id,
+            **key,
+            "value": value,
+            "created_at": timestamp,
+            "updated_at": timestamp,
+        },
+        conn,
+    )
     if not inserted:
         existing = _locked_vote(key, conn)
         assert existing is not None  # the conflicting row is committed and now locked
         previous = existing.value
         if previous == value:
-            unchanged = VoteResult(round_.id, statement_id, value, previous, "unchanged")
-            return _Recorded(unchanged, user, round_)
-        conn.execute(
-            _VOTE_UPDATE, {"vote_id": existing.id, "new_value": value, "timestamp": timestamp}
+            return VoteResult(round_.id, statement_id, value, previous, "unchanged")
+        _VOTE_UPDATE.rows(
+            conn, {"vote_id": existing.id, "new_value": value, "timestamp": timestamp}
         )
         status = "changed"
-    conn.execute(
-        _EVENT_INSERT,
+    _EVENT_INSERT.rows(
+        conn,
         {
             "round_id": round_.id,
             **key,
@@ -735,7 +815,7 @@ def _record_vote(
             "created_at": timestamp,
         },
     )
-    return _Recorded(VoteResult(round_.id, statement_id, value, previous, status), user, round_)
+    return VoteResult(round_.id, statement_id, value, previous, status)
 
 
 class _Recorded(NamedTuple):
@@ -807,12 +887,7 @@ def vote_and_advance(
     if session.in_transaction():
         _commit_keeping_objects()  # nothing written yet: this ends the read snapshot
     with session.get_bind().connect() as conn:
-        with write_intent(True), conn.begin():  # BEGIN IMMEDIATE; a rollback on error
-            result, _, round_, _ = _record_vote(
-                member, statement_id, value, round_id=round_id, now=None, conn=conn
-            )
-        with write_intent(False), conn.begin():  # a read transaction (plain BEGIN)
-            return _advance(result, member, round_, rng, conn)
+        return _vote_and_advance_sqlite(conn, lambda: member, round_id, statement_id, value, rng)
 
 
 @dataclass(frozen=True, slots=True)
@@ -829,6 +904,106 @@ class _Member:
     @classmethod
     def of(cls, user: User) -> _Member:
         return cls(user.id, user.role, user.organisation_id, bool(user.is_active))
+
+
+# The member a signed session names, if it still may act: the columns the vote path checks.
+_SESSION_MEMBER = DriverStatement(
+    select(User.id, User.role, User.organisation_id, User.active, User.auth_version).where(
+        User.id == bindparam("user_id")
+    )
+)
+
+
+def _session_member(conn: Connection, user_id: int, auth_version: int) -> _Member:
+    """The member as web/__init__.py's user loader accepts them: the row exists, its
+    auth_version is the session's (a password change or "log out everywhere" ends older
+    sessions) and the account is active; else NotAuthenticated."""
+    row = _SESSION_MEMBER.first(conn, {"user_id": user_id})
+    if row is None or row.auth_version != auth_version or not row.active:
+        raise NotAuthenticated("Please log in first.")
+    return _Member(row.id, row.role, row.organisation_id, True)
+
+
+def vote_and_advance_as(
+    user_id: int,
+    auth_version: int,
+    round_id: int,
+    statement_id: object,
+    value: object,
+    rng: random.Random | None = None,
+) -> VoteOutcome:
+    """vote_and_advance for the member named by a verified session ("<id>:<auth_version>"),
+    without a loaded user or the ORM session: what web/fast_vote.py calls.
+
+    The member's row is read with the vote's checks, as web/__init__.py's user loader would
+    accept it: it exists, is active, and has the session's auth version (a password change or
+    "log out everywhere" ends older sessions). Then the same checks, writes and next
+    statement as vote_and_advance. Nothing is written when it raises. Needs an app context."""
+    engine = db.engine
+    with engine.connect() as conn:
+        if engine.dialect.name == "sqlite":
+            return _vote_and_advance_sqlite(
+                conn,
+                lambda: _session_member(conn, user_id, auth_version),
+                round_id,
+                statement_id,
+                value,
+                rng,
+            )
+        with conn.begin():
+            member = _session_member(conn, user_id, auth_version)
+            recorded = _record_vote(
+                member,
+                statement_id,
+                value,
+                round_id=round_id,
+                now=None,
+                conn=conn,
+                read_candidates=True,
+            )
+            return _advance(*recorded[:3], rng, conn=conn, found=recorded.candidates)
+
+
+def _vote_and_advance_sqlite(
+    conn: Connection,
+    member: Callable[[], _Member],
+    round_id: int,
+    statement_id: object,
+    value: object,
+    rng: random.Random | None,
+) -> VoteOutcome:
+    """SQLite, on a connection of its own: read, then write, with the write lock held for the
+    two inserts only.
+
+    1. A read transaction (plain BEGIN, never waiting for writers): the member (`member()`),
+       every check of the vote (_check_vote), the member's candidates without the vote's
+       statement (so: as they will be after it), the next statement (routing) and its text.
+    2. A write transaction (BEGIN IMMEDIATE, queued on the writer gate): the vote and its
+       history row (_write_vote), then COMMIT.
+
+    The write lock is what serialises SQLite's writers, so the less a writer does while it
+    holds it, the more votes per second: in the Python of a multi-threaded server, each
+    statement inside it may also wait for the GIL. The checks are made on the snapshot read
+    just before the write (as on PostgreSQL, where they read committed rows without locking
+    the round): a round closed in between still takes a vote made against it a moment
+    before it closed."""
+    with write_intent(False), conn.begin():
+        user = member()
+        user, round_, statement_id, value = _check_vote(
+            user, statement_id, value, round_id=round_id, now=None, conn=conn
+        )
+        found = _candidates(round_, user, conn, without=statement_id)
+        chosen = routing.pick_next(
+            round_, found.statements, rng, snapshot_id=found.snapshot_id, connection=conn
+        )
+        offered = None if chosen is None else _offered_statement(round_, chosen, conn)
+    with write_intent(True), conn.begin():  # BEGIN IMMEDIATE; a rollback on error
+        result = _write_vote(user, round_, statement_id, value, conn, insert_first=True)
+    progress = found.progress
+    if found.snapshot_id is routing.UNKNOWN:  # progress counted, not derived: count it again
+        with write_intent(False), conn.begin():
+            progress = _progress(round_, user, conn)
+    return VoteOutcome(result=result, progress=progress, next=offered)
 
 
 def _vote_and_advance_in_session(

@@ -12,6 +12,7 @@ from werkzeug.routing import IntegerConverter
 from ..database import set_write_intent
 from ..extensions import db, login_manager
 from ..models import MAX_ID, User
+from ..ratelimit import add_counted_limit_headers
 from .errors import init_error_handlers
 from .rendering import init_template_helpers
 
@@ -107,6 +108,9 @@ def init_web(app: Flask) -> None:
     def _declare_write_intent():
         # Safe methods only read: on SQLite they then never wait for, or hold, the write lock.
         set_write_intent(request.method not in ("GET", "HEAD", "OPTIONS"))
+
+    # A vote the fast path counted and then handed to the view (web/fast_vote.py).
+    app.after_request(add_counted_limit_headers)
 
     @app.teardown_request
     def _reset_write_intent(_exc):

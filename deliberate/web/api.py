@@ -58,6 +58,12 @@ def _read_vote_body() -> tuple[int, int]:
     """Read {"statement_id": int, "value": -1|0|1} from the body, or raise ValidationError."""
     # Only a JSON content type: a cross-site <form> can send text/plain, never application/json.
     body = request.get_json(silent=True) if request.is_json else None
+    return parse_vote_body(body)
+
+
+def parse_vote_body(body: object) -> tuple[int, int]:
+    """The statement id and value of a parsed vote body, or ValidationError (also used by the
+    fast path, web/fast_vote.py)."""
     if not isinstance(body, dict):
         raise ValidationError(
             'Send a JSON object such as {"statement_id": 12, "value": 1} '
@@ -74,25 +80,32 @@ def _read_vote_body() -> tuple[int, int]:
     return statement_id, value
 
 
+def vote_payload(outcome: voting.VoteOutcome) -> dict:
+    """The answer to a recorded vote (also the fast path's)."""
+    return {
+        "recorded": True,
+        "changed": outcome.result.changed,
+        "status": outcome.result.status,
+        "statement_id": outcome.result.statement_id,
+        "value": outcome.result.value,
+        "progress": outcome.progress.as_dict(),
+        "next": _statement_json(outcome.next),
+    }
+
+
 @bp.post("/rounds/<int:round_id>/votes")
 @vote_limits()  # above the login check: the counters are written before the vote's transaction
 @reads_first
 @api_login_required
 def cast_vote(round_id: int):
-    """Record a vote and answer with the member's progress and the next statement."""
+    """Record a vote and answer with the member's progress and the next statement.
+
+    An ordinary, valid vote is answered before it gets here, by the fast path in front of the
+    Flask app (web/fast_vote.py), with the same checks and the same answer; this view answers
+    everything else (errors, unusual requests) and every vote when the fast path is off."""
     statement_id, value = _read_vote_body()
     outcome = voting.vote_and_advance(actor(), round_id, statement_id, value)
-    return jsonify(
-        {
-            "recorded": True,
-            "changed": outcome.result.changed,
-            "status": outcome.result.status,
-            "statement_id": outcome.result.statement_id,
-            "value": outcome.result.value,
-            "progress": outcome.progress.as_dict(),
-            "next": _statement_json(outcome.next),
-        }
-    )
+    return jsonify(vote_payload(outcome))
 
 
 @bp.get("/rounds/<int:round_id>/next")
