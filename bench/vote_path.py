@@ -103,11 +103,56 @@ def backend_cpu_seconds(pids: set[int]) -> float | None:
     return total
 
 
+def wsgi_call(app, method: str, path: str, *, body: bytes = b"", headers=None):
+    """Call the app as a WSGI server does, with an environ made by hand (no test client, whose
+    own work would be counted): the status and the body."""
+    import io
+
+    environ = {
+        "REQUEST_METHOD": method,
+        "SCRIPT_NAME": "",
+        "PATH_INFO": path,
+        "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1",
+        "SERVER_PORT": "8000",
+        "SERVER_PROTOCOL": "HTTP/1.1",
+        "REMOTE_ADDR": "127.0.0.1",
+        "HTTP_HOST": "127.0.0.1:8000",
+        "HTTP_USER_AGENT": "vote-path-bench",
+        "wsgi.version": (1, 0),
+        "wsgi.url_scheme": "http",
+        "wsgi.input": io.BytesIO(body),
+        "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True,
+        "wsgi.multiprocess": True,
+        "wsgi.run_once": False,
+    }
+    if body:
+        environ["CONTENT_LENGTH"] = str(len(body))
+        environ["CONTENT_TYPE"] = "application/json"
+    for name, value in (headers or {}).items():
+        environ["HTTP_" + name.upper().replace("-", "_")] = value
+    status: list[str] = []
+    chunks = app(environ, lambda s, h, exc_info=None: status.append(s))
+    try:
+        data = b"".join(chunks)
+    finally:
+        close = getattr(chunks, "close", None)
+        if close is not None:
+            close()
+    return int(status[0].split()[0]), data
+
+
 class Member:
     """A logged-in member's test client and where they are in the round."""
 
+    wsgi = False  # vote by calling the app directly (--wsgi)
+
     def __init__(self, app, email: str, round_id: int):
+        self.app = app
         self.client = app.test_client()
+        # The session protection identifier covers the user agent: the same in --wsgi calls.
+        self.client.environ_base["HTTP_USER_AGENT"] = "vote-path-bench"
         self.round_id = round_id
         page = self.client.get("/login").get_data(as_text=True)
         token = CSRF_META.search(page).group(1)
@@ -125,6 +170,8 @@ class Member:
         return self.client.get(f"/api/rounds/{self.round_id}/next")
 
     def vote(self, statement_id: int, value: int):
+        if self.wsgi:
+            return self._vote_wsgi(statement_id, value)
         answer = self.client.post(
             f"/api/rounds/{self.round_id}/votes",
             json={"statement_id": statement_id, "value": value},
@@ -133,6 +180,27 @@ class Member:
         if answer.status_code != 200:
             raise SystemExit(f"vote failed: {answer.status_code} {answer.get_data(as_text=True)}")
         data = answer.get_json()
+        self.mine[statement_id] = value
+        self.next = data["next"]
+        return data
+
+
+    def _vote_wsgi(self, statement_id: int, value: int):
+        import json
+
+        status, body = wsgi_call(
+            self.app,
+            "POST",
+            f"/api/rounds/{self.round_id}/votes",
+            body=json.dumps({"statement_id": statement_id, "value": value}).encode(),
+            headers={
+                "X-CSRFToken": self.csrf,
+                "Cookie": f"session={self.client.get_cookie('session').value}",
+            },
+        )
+        if status != 200:
+            raise SystemExit(f"vote failed: {status} {body[:300]!r}")
+        data = json.loads(body)
         self.mine[statement_id] = value
         self.next = data["next"]
         return data
@@ -232,6 +300,7 @@ def run(opts) -> None:
     from deliberate.extensions import db
 
     app = make_app(database_url, instance, opts.rate_limits)
+    Member.wsgi = opts.wsgi
     rng = random.Random(opts.seed)
     with app.app_context():
         engine = db.engine
@@ -296,7 +365,10 @@ def run(opts) -> None:
             nexts.requests += 1
     with Phase("healthz", counters) as health:
         for _ in range(opts.gets):
-            healthz.get("/healthz")
+            if opts.wsgi:
+                wsgi_call(app, "GET", "/healthz")
+            else:
+                healthz.get("/healthz")
             health.requests += 1
     for phase in (votes, nexts, health):
         print(phase.report())
@@ -323,6 +395,12 @@ def parse_args(argv=None):
     p.add_argument("--change-rate", type=float, default=0.05)
     p.add_argument("--rate-limits", action="store_true", help="keep rate limiting on (raised)")
     p.add_argument("--show-sql", action="store_true", help="print the SQL of one of each")
+    p.add_argument(
+        "--wsgi",
+        action="store_true",
+        help="votes and GET /healthz by calling the app with a hand-made environ (as gunicorn "
+        "does), not through the test client, whose own work is then not counted",
+    )
     p.add_argument("--profile", metavar="FILE", help="write a cProfile of the vote phase")
     p.add_argument("--seed", type=int, default=0)
     return p.parse_args(argv)

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from flask import current_app, g, has_app_context, has_request_context, request, session
 from limits import RateLimitItem, parse_many
 from limits.storage import Storage
+from limits.strategies import FixedWindowRateLimiter
 from sqlalchemy import event, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -588,10 +589,10 @@ def counted_already() -> bool:
 def add_counted_limit_headers(response):
     """After a request whose limits were counted before it reached Flask (the view's limits
     were then skipped): the X-RateLimit-* headers of that count, as the view's limits would
-    have added them. The counted limit is in the environ (or True: no headers)."""
-    header = request.environ.get(COUNTED_ENVIRON_KEY)
-    if isinstance(header, tuple):
-        for name, value in rate_limit_headers(header):
+    have added them (kept in the environ; True: no headers)."""
+    headers = request.environ.get(COUNTED_ENVIRON_KEY)
+    if isinstance(headers, tuple):
+        for name, value in headers:
             response.headers.set(name, value)
     return response
 
@@ -606,19 +607,20 @@ class DirectCount:
     """What counting a request's limits outside Flask-Limiter's request hooks found."""
 
     counted: bool  # every limit had room, and the request was counted against each
-    header: tuple[RateLimitItem, tuple[str, ...]] | None = None  # the limit the headers show
+    headers: tuple[tuple[str, str], ...] = ()  # the X-RateLimit-* headers of that count
 
 
 def count_directly(kind: str, account: str, address: str) -> DirectCount:
     """Count a request against the two limits of `kind` as the `_limits` decorators would
-    (same strategy and storage, same keys and scopes, same order), for a caller outside
-    Flask-Limiter's request hooks: web/fast_vote.py. Needs an app context.
+    (same strategy and storage, same keys and scopes, same order, stopping at the first limit
+    without room), for a caller outside Flask-Limiter's request hooks: web/fast_vote.py.
+    Needs an app context.
 
-    It first tests every limit and counts only if all have room, so a request that would be
-    refused is not counted here (`counted` False: the caller hands the request to the Flask
-    view, whose limits count it and answer 429). Limits off: counted, with no header limit.
-    Storage errors propagate (the caller hands the request over: Flask-Limiter then applies
-    its in-memory fallback)."""
+    `counted` False: a limit had no room; the caller hands the request to the Flask view,
+    whose limits count it again and answer 429 (so the limits before the full one, in
+    Flask-Limiter's order, count that refused request twice). Limits off: counted, no
+    headers. Storage errors propagate (the caller hands the request over: Flask-Limiter then
+    applies its in-memory fallback)."""
     from .extensions import limiter
 
     if not (limiter.enabled and limiter.initialized):
@@ -637,36 +639,48 @@ def count_directly(kind: str, account: str, address: str) -> DirectCount:
             entries.append((item, (prefix, *ids) if prefix else ids))
     entries.sort(key=lambda entry: entry[0])  # stable: Flask-Limiter's order
     strategy = limiter.limiter
-    if not all(strategy.test(item, *ids) for item, ids in entries):
-        return DirectCount(False)
+    if type(strategy) is FixedWindowRateLimiter:
+        # Its hit() is an increment compared with the limit: made here, the count answered
+        # gives the headers without reading the counter again.
+        storage = strategy.storage
+        counts = []
+        for item, ids in entries:
+            count = storage.incr(item.key_for(*ids), item.get_expiry(), amount=1)
+            if count > item.amount:
+                return DirectCount(False)
+            counts.append(count)
+        if not entries:
+            return DirectCount(True)
+        item, ids = entries[0]
+        reset = storage.get_expiry(item.key_for(*ids))
+        return DirectCount(True, _headers(item, max(0, item.amount - counts[0]), reset))
     for item, ids in entries:
         if not strategy.hit(item, *ids):
-            # Another request took the last room meanwhile: the view counts and refuses it.
             return DirectCount(False)
-    return DirectCount(True, entries[0] if entries else None)
+    if not entries:
+        return DirectCount(True)
+    item, ids = entries[0]
+    reset, remaining = strategy.get_window_stats(item, *ids)
+    return DirectCount(True, _headers(item, remaining, reset))
 
 
-def rate_limit_headers(header: tuple[RateLimitItem, tuple[str, ...]]) -> list[tuple[str, str]]:
-    """The X-RateLimit-* and Retry-After headers Flask-Limiter adds for that limit (with its
+def _headers(item: RateLimitItem, remaining: int, reset: float) -> tuple[tuple[str, str], ...]:
+    """The X-RateLimit-* and Retry-After headers Flask-Limiter adds for a limit (with its
     configuration: RATELIMIT_HEADERS_ENABLED, RATELIMIT_HEADER_*); none when they are off."""
-    from .extensions import limiter
-
     config = current_app.config
     if not config.get("RATELIMIT_HEADERS_ENABLED"):
-        return []
-    item, ids = header
-    reset, remaining = limiter.limiter.get_window_stats(item, *ids)
+        return ()
     reset_at = int(reset + 1)
     if config.get("RATELIMIT_HEADER_RETRY_AFTER_VALUE") == "http-date":
         retry_after = http_date(reset_at)
     else:
         retry_after = str(int(reset_at - time.time()))
-    return [
+    return (
         (config.get("RATELIMIT_HEADER_LIMIT") or "X-RateLimit-Limit", str(item.amount)),
         (config.get("RATELIMIT_HEADER_REMAINING") or "X-RateLimit-Remaining", str(remaining)),
         (config.get("RATELIMIT_HEADER_RESET") or "X-RateLimit-Reset", str(reset_at)),
         (config.get("RATELIMIT_HEADER_RETRY_AFTER") or "Retry-After", retry_after),
-    ]
+    )
 
 
 # --- decorators ------------------------------------------------------------------------------

@@ -14,8 +14,11 @@ from typing import Literal, NamedTuple
 
 from sqlalchemy import (
     Connection,
+    String,
     and_,
     bindparam,
+    case,
+    cast,
     func,
     insert,
     null,
@@ -24,7 +27,9 @@ from sqlalchemy import (
     true,
     update,
 )
+from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql import Executable
+from sqlalchemy.sql.functions import FunctionElement
 
 from ..database import DriverStatement, commit_keeping_objects, holds_write_lock, write_intent
 from ..extensions import db
@@ -53,8 +58,6 @@ from .statements import visible_statement_filter
 
 BAD_VALUE_MESSAGE = "A vote is agree (1), pass (0) or disagree (-1)."
 ROUND_CLOSED_MESSAGE = "This round is not open for voting."
-# SQLite allows 999 bound parameters in older builds; routing receives at most this many.
-MAX_CANDIDATES = 999
 
 VoteStatus = Literal["new", "changed", "unchanged"]
 
@@ -340,32 +343,55 @@ def _progress_query(post_moderation: bool):
     )
 
 
-def _candidates_query(post_moderation: bool):
-    """The member's unvoted offered statements (what routing and the answer need of them),
-    oldest first; each row also carries how many statements the member is offered (so the
-    ones voted on are that minus the rows) and the id of the round's latest snapshot (for
-    routing). One statement, one snapshot: the figures agree with each other."""
+class _IdList(FunctionElement):
+    """The comma-separated text of the ids aggregated (NULL for none): group_concat on SQLite,
+    string_agg on PostgreSQL (as func.aggregate_strings, with the comma in the SQL text)."""
+
+    type = String()
+    name = "id_list"
+    inherit_cache = True
+
+
+@compiles(_IdList)
+def _id_list_sql(element, compiler, **kw):
+    return f"string_agg({compiler.process(element.clauses, **kw)}, ',')"
+
+
+@compiles(_IdList, "sqlite")
+def _id_list_sqlite(element, compiler, **kw):
+    return f"group_concat({compiler.process(element.clauses, **kw)}, ',')"
+
+
+def _candidates_query(post_moderation: bool, without: bool = False):
+    """The member's unvoted offered statements, in ONE row: their ids and the ids of the meta
+    ones among them (comma-separated text; NULL when none), how many statements the member is
+    offered (so the ones voted on are that minus the unvoted) and the id of the round's latest
+    snapshot (for routing). One statement, one snapshot: the figures agree with each other.
+    One row instead of one per statement: the driver then builds one value, not hundreds.
+    `without`: the statement :statement_id counts as voted (read before its vote is written)."""
     # The member's votes in the round, by the (round_id, user_id) index: one range read,
     # hashed, instead of a lookup per offered statement (a vote's round is its statement's,
     # which integrity.check_integrity verifies).
     voted = select(_votes.c.statement_id).where(
         _votes.c.round_id == bindparam("round_id"), _votes.c.user_id == bindparam("user_id")
     )
+    unvoted = select(_statements.c.id, _statements.c.is_meta).where(
+        _offered(post_moderation), _statements.c.id.not_in(voted)
+    )
+    if without:
+        unvoted = unvoted.where(_statements.c.id != bindparam("statement_id"))
+    unvoted = unvoted.subquery("unvoted")
     offered = _statements.alias("offered")
     offered_count = (
         select(func.count(offered.c.id)).where(_offered(post_moderation, offered)).scalar_subquery()
     )
-    return (
-        select(
-            _statements.c.id,
-            _statements.c.is_meta,
-            offered_count.label("offered"),
-            routing.LATEST_SNAPSHOT_ID.label("snapshot_id"),
-        )
-        .where(_offered(post_moderation), _statements.c.id.not_in(voted))
-        .order_by(_statements.c.id)
-        .limit(MAX_CANDIDATES)
-    )
+    text_id = cast(unvoted.c.id, String)
+    return select(
+        _IdList(text_id).label("ids"),
+        _IdList(case((unvoted.c.is_meta == true(), text_id))).label("metas"),
+        offered_count.label("offered"),
+        routing.LATEST_SNAPSHOT_ID.label("snapshot_id"),
+    ).select_from(unvoted)
 
 
 # Keyed by "is the round post-moderated".
@@ -375,8 +401,7 @@ _CANDIDATES = {post: _candidates_query(post) for post in (False, True)}
 _PROGRESS_DRIVER = {post: DriverStatement(query) for post, query in _PROGRESS.items()}
 _CANDIDATES_DRIVER = {post: DriverStatement(query) for post, query in _CANDIDATES.items()}
 _CANDIDATES_WITHOUT_DRIVER = {
-    post: DriverStatement(query.where(_statements.c.id != bindparam("statement_id")))
-    for post, query in _CANDIDATES.items()
+    post: DriverStatement(_candidates_query(post, without=True)) for post in (False, True)
 }
 _ROUND_INFO_DRIVER = DriverStatement(_ROUND_INFO)
 _ROUND_AND_STATEMENT_DRIVER = DriverStatement(_ROUND_AND_STATEMENT)
@@ -497,24 +522,14 @@ def _first_vote_event_pg():
 
 def _first_vote_and_candidates_pg(post_moderation: bool):
     """PostgreSQL: the first vote's two inserts and then the member's candidates (as
-    _CANDIDATES), in one statement. One row says whether the vote went in, with a candidate
-    or NULLs; any more rows carry the other candidates. The statement reads one snapshot,
-    taken before its inserts: the vote's statement is left out explicitly (a first vote: it
-    was unvoted), which gives what _CANDIDATES would read after the insert."""
+    _CANDIDATES), in one statement, one row: whether the vote went in, then _CANDIDATES's
+    values. The statement reads one snapshot, taken before its inserts: the vote's statement
+    is left out explicitly (a first vote: it was unvoted), which gives what _CANDIDATES would
+    read after the insert."""
     written = _first_vote_event_pg().cte("inserted_event")
-    candidates = (
-        _candidates_query(post_moderation)
-        .where(_statements.c.id != bindparam("statement_id"))
-        .subquery("candidates")
-    )
-    inserted = select(
-        select(func.count()).select_from(written).scalar_subquery().label("inserted")
-    ).subquery("written")
-    return (
-        select(inserted.c.inserted, *candidates.c)
-        .select_from(inserted.outerjoin(candidates, true()))
-        .order_by(candidates.c.id)
-    )
+    candidates = _candidates_query(post_moderation, without=True).subquery("candidates")
+    inserted = select(func.count()).select_from(written).scalar_subquery().label("inserted")
+    return select(inserted, *candidates.c).select_from(candidates)
 
 
 _FIRST_VOTE_EVENT_PG = DriverStatement(_first_vote_event_pg())
@@ -535,10 +550,10 @@ def _insert_first_vote_and_read_candidates_pg(
     """PostgreSQL: as _insert_first_vote_pg, and when the vote went in, the member's
     candidates after it (as _candidates), read by the same statement; None when it did not."""
     post = round_.moderation == ModerationMode.POST
-    rows = _FIRST_VOTE_AND_CANDIDATES_PG[post].rows(_conn(conn), row, named=False)
-    if not rows[0][0]:
+    found = _FIRST_VOTE_AND_CANDIDATES_PG[post].first(_conn(conn), row)
+    if not found[0]:
         return None
-    return _candidates_from_rows([r[1:] for r in rows if r[1] is not None], round_, user, conn)
+    return _candidates_from_row(*found[1:])
 
 
 def _locked_vote(key: dict[str, int], conn: Connection | None = None):
@@ -575,28 +590,25 @@ def _candidates(
     without: int | None = None,
 ) -> _Candidates:
     """The member's unvoted offered statements (oldest first), their progress, and the id of
-    the round's latest snapshot: one query (two when nothing, or too much, is left).
-    `without`: a statement counted as voted (the one being voted on, read before the vote is
-    written): then the figures are those after the vote."""
+    the round's latest snapshot: one query. `without`: a statement counted as voted (the one
+    being voted on, read before the vote is written): then the figures are those after it."""
     post = round_.moderation == ModerationMode.POST
     params = {"round_id": round_.id, "user_id": user.id}
     if without is None:
-        rows = _CANDIDATES_DRIVER[post].rows(_conn(conn), params, named=False)
+        row = _CANDIDATES_DRIVER[post].first(_conn(conn), params)
     else:
         params["statement_id"] = without
-        rows = _CANDIDATES_WITHOUT_DRIVER[post].rows(_conn(conn), params, named=False)
-    return _candidates_from_rows(rows, round_, user, conn)
+        row = _CANDIDATES_WITHOUT_DRIVER[post].first(_conn(conn), params)
+    return _candidates_from_row(row[0], row[1], row[2], row[3])
 
 
-def _candidates_from_rows(
-    rows, round_: Round | RoundInfo, user: User, conn: Connection | None
-) -> _Candidates:
-    """_Candidates from rows as _CANDIDATES reads them."""
-    statements = [Candidate(r[0], r[1]) for r in rows]
-    if not rows or len(rows) >= MAX_CANDIDATES:  # nothing left, or more than were read
-        return _Candidates(statements, _progress(round_, user, conn), routing.UNKNOWN)
-    total = int(rows[0][2])
-    return _Candidates(statements, Progress(voted=total - len(rows), total=total), rows[0][3])
+def _candidates_from_row(ids: str | None, metas: str | None, offered, snapshot_id) -> _Candidates:
+    """_Candidates from the values _CANDIDATES reads."""
+    unvoted = sorted(map(int, ids.split(","))) if ids else []
+    meta = set(map(int, metas.split(","))) if metas else ()
+    statements = [Candidate(i, i in meta) for i in unvoted]
+    total = int(offered or 0)
+    return _Candidates(statements, Progress(voted=total - len(unvoted), total=total), snapshot_id)
 
 
 def _next_candidate(
@@ -999,11 +1011,7 @@ def _vote_and_advance_sqlite(
         offered = None if chosen is None else _offered_statement(round_, chosen, conn)
     with write_intent(True), conn.begin():  # BEGIN IMMEDIATE; a rollback on error
         result = _write_vote(user, round_, statement_id, value, conn, insert_first=True)
-    progress = found.progress
-    if found.snapshot_id is routing.UNKNOWN:  # progress counted, not derived: count it again
-        with write_intent(False), conn.begin():
-            progress = _progress(round_, user, conn)
-    return VoteOutcome(result=result, progress=progress, next=offered)
+    return VoteOutcome(result=result, progress=found.progress, next=offered)
 
 
 def _vote_and_advance_in_session(

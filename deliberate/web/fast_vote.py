@@ -52,7 +52,6 @@ from ..ratelimit import (
     COUNTED_ENVIRON_KEY,
     address_key_of,
     count_directly,
-    rate_limit_headers,
     user_key,
 )
 from ..security import _has_nul, security_headers
@@ -179,7 +178,7 @@ class FastVotePath:
                 return None  # no room: the view's limits count it and answer 429
             # If handed over now, the view must not count it again (and shows this count's
             # headers: ratelimit.add_counted_limit_headers).
-            environ[COUNTED_ENVIRON_KEY] = counted.header or True
+            environ[COUNTED_ENVIRON_KEY] = counted.headers or True
             try:
                 outcome = voting.vote_and_advance_as(
                     user_id, auth_version, round_id, statement_id, value
@@ -205,8 +204,7 @@ class FastVotePath:
                 ("Content-Length", str(len(body))),
                 ("Vary", "Cookie"),  # as Flask's session interface adds for a read session
             ]
-            if counted.header is not None:
-                headers += rate_limit_headers(counted.header)
+            headers += counted.headers
         headers += security_headers(environ.get("wsgi.url_scheme") == "https", "application/json")
         return _Answer(body, headers)
 

@@ -438,11 +438,21 @@ def test_vote_path_progress_matches_progress_with_own_pending_and_rejected(db, f
     assert mine.id not in {outcome.next.id, offer.next.id}
 
 
-def test_vote_path_progress_when_more_candidates_than_it_reads(db, member, round_, monkeypatch):
-    monkeypatch.setattr(voting, "MAX_CANDIDATES", 2)  # the rows reach the limit: counted apart
-    outcome = voting.vote_and_advance(member, round_.id, first(round_).id, 1)
-    assert outcome.progress == voting.Progress(voted=1, total=len(SEEDS))
-    assert voting.next_offer(member, round_.id).progress == voting.Progress(1, len(SEEDS))
+def test_vote_path_reads_every_candidate_and_which_are_meta(db, factory, member):
+    """The candidates come back as one row of ids: all of them (here 1,200), oldest first,
+    with the meta ones marked, and the progress agrees with the count."""
+    round_ = factory.round(statements=[f"Statement number {i}" for i in range(1200)])
+    meta = round_.statements[7]
+    meta.is_meta = True
+    db.session.commit()
+    found = voting._candidates(round_, member)
+    assert [c.id for c in found.statements] == sorted(s.id for s in round_.statements)
+    assert [c.id for c in found.statements if c.is_meta] == [meta.id]
+    outcome = voting.vote_and_advance(member, round_.id, round_.statements[0].id, 1)
+    assert outcome.progress == voting.Progress(voted=1, total=1200)
+    assert voting.next_offer(member, round_.id).progress == voting.Progress(1, 1200)
+    without = voting._candidates(round_, member, without=round_.statements[1].id)
+    assert len(without.statements) == 1198 and without.progress == voting.Progress(2, 1200)
 
 
 def test_next_offer_agrees_with_the_voting_page(db, factory, member):
