@@ -6,8 +6,9 @@ that changes something also appends a `VoteEvent` (the history, and the analysis
 
 from __future__ import annotations
 
+import os
 import random
-from collections.abc import Callable
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal, NamedTuple
@@ -252,6 +253,25 @@ _ROUND_AND_STATEMENT = _ROUND_INFO.add_columns(
 )
 
 
+# The round and the statement as above, with the member a session names (columns NULL if no
+# such user): what the fast path's checks read, in one query.
+_SESSION_USERS = User.__table__.alias("member")
+_ROUND_STATEMENT_MEMBER = _ROUND_AND_STATEMENT.add_columns(
+    _SESSION_USERS.c.id.label("member_id"),
+    _SESSION_USERS.c.role.label("member_role"),
+    _SESSION_USERS.c.organisation_id.label("member_organisation_id"),
+    _SESSION_USERS.c.active.label("member_active"),
+    _SESSION_USERS.c.auth_version.label("member_auth_version"),
+).outerjoin(_SESSION_USERS, _SESSION_USERS.c.id == bindparam("user_id"))
+
+
+class SessionMember(NamedTuple):
+    """The member a verified session names: '<user id>:<auth version>' (web/fast_vote.py)."""
+
+    user_id: int
+    auth_version: int
+
+
 class _StatementCheck(NamedTuple):
     round_id: int
     author_id: int | None
@@ -405,6 +425,7 @@ _CANDIDATES_WITHOUT_DRIVER = {
 }
 _ROUND_INFO_DRIVER = DriverStatement(_ROUND_INFO)
 _ROUND_AND_STATEMENT_DRIVER = DriverStatement(_ROUND_AND_STATEMENT)
+_ROUND_STATEMENT_MEMBER_DRIVER = DriverStatement(_ROUND_STATEMENT_MEMBER)
 _STATEMENT_CHECK = DriverStatement(
     select(_statements.c.round_id, _statements.c.author_id, _statements.c.moderation_state).where(
         _statements.c.id == bindparam("statement_id")
@@ -731,7 +752,7 @@ def _record_vote(
 
 
 def _check_vote(
-    actor: User,
+    actor: User | SessionMember,
     statement_id: object,
     value: object,
     *,
@@ -743,16 +764,25 @@ def _check_vote(
     statement must be in it), the statement (visible), the value, the round accepting votes,
     the member taking part, not their own statement. The member, the round, and the valid
     statement id and value; or the DomainError saying why not."""
-    user = require_user(actor)
     statement = None
+    round_ = None
+    valid_round = type(round_id) is int and 0 < round_id <= MAX_ID
+    valid_statement = type(statement_id) is int and 0 < statement_id <= MAX_ID
+    if isinstance(actor, SessionMember):  # the fast path: the member is checked here
+        if round_id is not None and valid_round and valid_statement:
+            user, round_, statement = _session_round_and_statement(
+                actor, round_id, statement_id, conn
+            )
+        else:
+            user = _session_member(conn, actor.user_id, actor.auth_version)
+    else:
+        user = require_user(actor)
     if round_id is not None:
-        valid_round = type(round_id) is int and 0 < round_id <= MAX_ID
-        valid_statement = type(statement_id) is int and 0 < statement_id <= MAX_ID
-        round_ = None
-        if valid_round and valid_statement:
-            round_, statement = _round_and_statement(round_id, statement_id, conn)
-        elif valid_round:
-            round_ = _round_info(round_id, conn)
+        if round_ is None:  # not read with the member above
+            if valid_round and valid_statement:
+                round_, statement = _round_and_statement(round_id, statement_id, conn)
+            elif valid_round:
+                round_ = _round_info(round_id, conn)
         if round_ is None or not can_view_round(user, round_):
             raise RoundNotFound("No such round.")
     value = _validate_value(value)
@@ -777,6 +807,29 @@ def _check_vote(
     if statement.author_id is not None and statement.author_id == user.id:
         raise NotAllowed("You cannot vote on your own statement.")
     return user, round_, statement_id, value
+
+
+def _session_round_and_statement(
+    session: SessionMember, round_id: int, statement_id: int, conn: Connection
+) -> tuple[_Member, RoundInfo | None, _StatementCheck | None]:
+    """_round_and_statement with the session's member checked (as _session_member) in the
+    same query; the statement is None when it is not in the round."""
+    params = {"round_id": round_id, "statement_id": statement_id, "user_id": session.user_id}
+    rows = _ROUND_STATEMENT_MEMBER_DRIVER.rows(conn, params)
+    if not rows:  # no such round: whether the member may act decides the answer first
+        return _session_member(conn, session.user_id, session.auth_version), None, None
+    first = rows[0]
+    if (
+        first.member_id is None
+        or first.member_auth_version != session.auth_version
+        or not first.member_active
+    ):
+        raise NotAuthenticated("Please log in first.")
+    member = _Member(first.member_id, first.member_role, first.member_organisation_id, True)
+    statement = None
+    if first.statement_id is not None:
+        statement = _StatementCheck(first.id, first.author_id, first.moderation_state)
+    return member, _round_from_rows(rows), statement
 
 
 def _write_vote(
@@ -899,7 +952,7 @@ def vote_and_advance(
     if session.in_transaction():
         _commit_keeping_objects()  # nothing written yet: this ends the read snapshot
     with session.get_bind().connect() as conn:
-        return _vote_and_advance_sqlite(conn, lambda: member, round_id, statement_id, value, rng)
+        return _vote_and_advance_sqlite(conn, member, round_id, statement_id, value, rng)
 
 
 @dataclass(frozen=True, slots=True)
@@ -955,17 +1008,11 @@ def vote_and_advance_as(
     with engine.connect() as conn:
         if engine.dialect.name == "sqlite":
             return _vote_and_advance_sqlite(
-                conn,
-                lambda: _session_member(conn, user_id, auth_version),
-                round_id,
-                statement_id,
-                value,
-                rng,
+                conn, SessionMember(user_id, auth_version), round_id, statement_id, value, rng
             )
         with conn.begin():
-            member = _session_member(conn, user_id, auth_version)
             recorded = _record_vote(
-                member,
+                SessionMember(user_id, auth_version),
                 statement_id,
                 value,
                 round_id=round_id,
@@ -978,7 +1025,7 @@ def vote_and_advance_as(
 
 def _vote_and_advance_sqlite(
     conn: Connection,
-    member: Callable[[], _Member],
+    member: _Member | SessionMember,
     round_id: int,
     statement_id: object,
     value: object,
@@ -987,7 +1034,7 @@ def _vote_and_advance_sqlite(
     """SQLite, on a connection of its own: read, then write, with the write lock held for the
     two inserts only.
 
-    1. A read transaction (plain BEGIN, never waiting for writers): the member (`member()`),
+    1. Reads (each its own snapshot, never waiting for writers): the member (`member`),
        every check of the vote (_check_vote), the member's candidates without the vote's
        statement (so: as they will be after it), the next statement (routing) and its text.
     2. A write transaction (BEGIN IMMEDIATE, queued on the writer gate): the vote and its
@@ -999,19 +1046,124 @@ def _vote_and_advance_sqlite(
     just before the write (as on PostgreSQL, where they read committed rows without locking
     the round): a round closed in between still takes a vote made against it a moment
     before it closed."""
-    with write_intent(False), conn.begin():
-        user = member()
+    # The reads run outside a transaction (the connection is in autocommit mode): each
+    # statement reads its own snapshot, which is all they need; no BEGIN, no COMMIT.
+    with write_intent(False):
         user, round_, statement_id, value = _check_vote(
-            user, statement_id, value, round_id=round_id, now=None, conn=conn
+            member, statement_id, value, round_id=round_id, now=None, conn=conn
         )
         found = _candidates(round_, user, conn, without=statement_id)
         chosen = routing.pick_next(
             round_, found.statements, rng, snapshot_id=found.snapshot_id, connection=conn
         )
         offered = None if chosen is None else _offered_statement(round_, chosen, conn)
-    with write_intent(True), conn.begin():  # BEGIN IMMEDIATE; a rollback on error
-        result = _write_vote(user, round_, statement_id, value, conn, insert_first=True)
+        if conn.in_transaction():  # routing read through SQLAlchemy (new routing weights)
+            conn.commit()
+    result = _group_writer(conn.engine).write(conn, user, round_, statement_id, value)
     return VoteOutcome(result=result, progress=found.progress, next=offered)
+
+
+class _PendingVote:
+    """A checked vote waiting in a _GroupWriter, and then its result or error."""
+
+    __slots__ = ("args", "done", "error", "lead", "result")
+
+    def __init__(self, args: tuple) -> None:
+        self.args = args
+        self.done = threading.Event()
+        self.lead = False  # set when this thread is to write the next group
+        self.result: VoteResult | None = None
+        self.error: BaseException | None = None
+
+
+class _GroupWriter:
+    """Group commit for SQLite votes, per process and database.
+
+    SQLite has one writer at a time. Each vote written in its own transaction takes the
+    writer gate and SQLite's write lock, BEGIN IMMEDIATE, its two inserts and COMMIT; under
+    many concurrent votes the writers queue and the threads holding the lock also wait for
+    Python's GIL between statements. Here, a thread with a vote to write either becomes the
+    writer (no one is writing in this process) or waits; the writer takes every vote waiting
+    at that moment, its own included, and writes them all in ONE transaction (each exactly
+    as _write_vote writes one), then lets the first vote that arrived meanwhile lead the next
+    group. Each vote's thread answers only after the transaction holding its vote committed.
+    If the group's transaction fails, its votes are written again one per transaction, so a
+    failure is reported to the vote that caused it and to no other.
+    """
+
+    _writers: dict[tuple[int, int], _GroupWriter] = {}
+    _writers_lock = threading.Lock()
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pending: list[_PendingVote] = []
+        self._writing = False
+
+    def write(
+        self, conn: Connection, user, round_: RoundInfo, statement_id: int, value: int
+    ) -> VoteResult:
+        mine = _PendingVote((user, round_, statement_id, value))
+        with self._lock:
+            self._pending.append(mine)
+            lead = not self._writing
+            self._writing = True
+        if not lead:
+            mine.done.wait()
+            if not mine.lead:
+                return self._outcome(mine)
+            mine.done.clear()
+        self._write_group(conn)
+        return self._outcome(mine)
+
+    @staticmethod
+    def _outcome(vote: _PendingVote) -> VoteResult:
+        if vote.error is not None:
+            raise vote.error
+        assert vote.result is not None
+        return vote.result
+
+    def _write_group(self, conn: Connection) -> None:
+        """Write every waiting vote (this thread's among them), then hand over."""
+        with self._lock:
+            group, self._pending = self._pending, []
+        try:
+            try:
+                with write_intent(True), conn.begin():  # BEGIN IMMEDIATE; a rollback on error
+                    results = [_write_vote(*vote.args, conn, insert_first=True) for vote in group]
+                for vote, result in zip(group, results, strict=True):
+                    vote.result = result
+            except Exception as error:
+                if len(group) == 1:
+                    group[0].error = error
+                else:  # find which vote fails: each in its own transaction
+                    for vote in group:
+                        try:
+                            with write_intent(True), conn.begin():
+                                vote.result = _write_vote(*vote.args, conn, insert_first=True)
+                        except Exception as own:
+                            vote.error = own
+        finally:
+            for vote in group:  # interrupted (not an Exception): nothing is known of them
+                if vote.result is None and vote.error is None:
+                    vote.error = RuntimeError("The vote was not recorded; please try again.")
+            with self._lock:
+                if self._pending:
+                    leader = self._pending[0]
+                    leader.lead = True
+                    leader.done.set()
+                else:
+                    self._writing = False
+            for vote in group:
+                vote.done.set()
+
+
+def _group_writer(engine) -> _GroupWriter:
+    key = (id(engine), os.getpid())  # a forked process starts with writers of its own
+    writer = _GroupWriter._writers.get(key)
+    if writer is None:
+        with _GroupWriter._writers_lock:
+            writer = _GroupWriter._writers.setdefault(key, _GroupWriter())
+    return writer
 
 
 def _vote_and_advance_in_session(

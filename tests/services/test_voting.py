@@ -571,3 +571,107 @@ def test_vote_and_advance_joins_a_session_transaction_that_holds_the_write_lock(
     db.session.rollback()  # nothing left to roll back: both were committed together
     assert count(db, Statement, round_id=round_.id) == len(SEEDS) + 1
     assert count(db, Vote) == 1
+
+
+def test_vote_as_a_session_checks_the_member_with_the_vote(db, factory, member, round_):
+    """vote_and_advance_as (the fast path's service): the member a session names must exist,
+    be active and have the session's auth version; each refusal writes nothing, and the
+    round's own refusals come after the member's."""
+    from deliberate.services.errors import NotAuthenticated
+
+    # Plain values: reading an expired ORM attribute would begin a (writing) transaction.
+    statement_id, member_id, round_id_ = first(round_).id, member.id, round_.id
+    version = member.auth_version
+    db.session.commit()
+
+    def set_active(active: bool) -> None:
+        db.session.get(type(member), member_id).active = active
+        db.session.commit()
+
+    def votes() -> int:
+        db.session.rollback()
+        count = db.session.scalar(select(func.count(Vote.id)))
+        db.session.rollback()  # end the read: the next vote writes on another connection
+        return count
+
+    for user_id, auth_version, round_id in (
+        (member_id, version + 1, round_id_),  # password changed since
+        (10**6, 1, round_id_),  # no such user
+        (member_id, version + 1, 10**6),  # no round either: the session is refused first
+    ):
+        with pytest.raises(NotAuthenticated):
+            voting.vote_and_advance_as(user_id, auth_version, round_id, statement_id, 1)
+    with pytest.raises(voting.RoundNotFound):
+        voting.vote_and_advance_as(member_id, version, 10**6, statement_id, 1)
+    set_active(False)
+    with pytest.raises(NotAuthenticated):
+        voting.vote_and_advance_as(member_id, version, round_id_, statement_id, 1)
+    assert votes() == 0
+    set_active(True)
+    outcome = voting.vote_and_advance_as(member_id, version, round_id_, statement_id, 1)
+    assert outcome.result.status == "new" and votes() == 1
+    assert outcome.progress == voting.Progress(voted=1, total=len(SEEDS))
+
+
+@only_sqlite
+def test_sqlite_group_commit_writes_concurrent_votes_and_isolates_a_failure(
+    app, db, factory, round_, monkeypatch
+):
+    """Votes arriving together are written in one transaction (a group), each answered after
+    its commit; a vote whose write fails gets its own error and the others go in."""
+    import threading
+    import time
+
+    org = factory.organisation()
+    people = [factory.user(Role.MEMBER, organisation=org) for _ in range(12)]
+    ids = [(p.id, p.auth_version) for p in people]
+    statement_id, round_id = first(round_).id, round_.id
+    failing = ids[5][0]
+    db.session.commit()
+    db.session.close()
+
+    write = voting._write_vote
+
+    def slow_or_failing(user, *args, **kwargs):
+        if user.id == failing:
+            raise RuntimeError("this one fails")
+        time.sleep(0.003)  # long enough for others to queue behind the writer
+        return write(user, *args, **kwargs)
+
+    groups: list[int] = []
+    write_group = voting._GroupWriter._write_group
+
+    def recording(self, conn):
+        groups.append(len(self._pending))
+        return write_group(self, conn)
+
+    monkeypatch.setattr(voting, "_write_vote", slow_or_failing)
+    monkeypatch.setattr(voting._GroupWriter, "_write_group", recording)
+    answers: dict[int, object] = {}
+    start = threading.Barrier(len(ids))
+
+    def vote(user_id: int, version: int) -> None:
+        with app.app_context():
+            start.wait()
+            try:
+                answers[user_id] = voting.vote_and_advance_as(
+                    user_id, version, round_id, statement_id, 1
+                ).result.status
+            except RuntimeError as error:
+                answers[user_id] = error
+
+    threads = [threading.Thread(target=vote, args=pair) for pair in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert isinstance(answers[failing], RuntimeError)
+    assert all(answers[uid] == "new" for uid, _ in ids if uid != failing)
+    assert max(groups) > 1 and sum(groups) == len(ids)  # grouped, each vote once
+    stored = db.session.scalars(select(Vote.user_id).where(Vote.statement_id == statement_id))
+    assert sorted(stored) == sorted(uid for uid, _ in ids if uid != failing)
+    events = db.session.scalar(
+        select(func.count(VoteEvent.id)).where(VoteEvent.statement_id == statement_id)
+    )
+    assert events == len(ids) - 1
