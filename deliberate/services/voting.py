@@ -1010,17 +1010,38 @@ def vote_and_advance_as(
             return _vote_and_advance_sqlite(
                 conn, SessionMember(user_id, auth_version), round_id, statement_id, value, rng
             )
-        with conn.begin():
-            recorded = _record_vote(
-                SessionMember(user_id, auth_version),
-                statement_id,
-                value,
-                round_id=round_id,
-                now=None,
-                conn=conn,
-                read_candidates=True,
-            )
-            return _advance(*recorded[:3], rng, conn=conn, found=recorded.candidates)
+        return _vote_and_advance_pg_autocommit(
+            engine, conn, SessionMember(user_id, auth_version), round_id, statement_id, value, rng
+        )
+
+
+def _vote_and_advance_pg_autocommit(
+    engine, conn: Connection, member, round_id, statement_id, value, rng
+) -> VoteOutcome:
+    """PostgreSQL without BEGIN and COMMIT round trips: the checks' read, then a first vote as
+    ONE statement (the vote, its history row and the candidates after it:
+    _FIRST_VOTE_AND_CANDIDATES_PG), which PostgreSQL commits by itself, durably, before it
+    answers; then the next statement's text. A vote that is not a first vote (a change, or a
+    concurrent first vote) is written in a transaction of its own (a locked read, the update
+    and its history row), as _record_vote does."""
+    conn.execution_options(isolation_level="AUTOCOMMIT")
+    user, round_, statement_id, value = _check_vote(
+        member, statement_id, value, round_id=round_id, now=None, conn=conn
+    )
+    row = {
+        "round_id": round_.id,
+        "statement_id": statement_id,
+        "user_id": user.id,
+        "value": value,
+        "timestamp": utcnow(),
+    }
+    found = _insert_first_vote_and_read_candidates_pg(row, round_, user, conn)
+    if found is not None:
+        result = VoteResult(round_.id, statement_id, value, None, "new")
+    else:
+        with engine.begin() as transaction:
+            result = _write_vote(user, round_, statement_id, value, transaction, insert_first=False)
+    return _advance(result, user, round_, rng, conn=conn, found=found)
 
 
 def _vote_and_advance_sqlite(
