@@ -17,7 +17,6 @@ other gunicorn started there (the benchmarks, the tests).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 from deliberate.worker import EXTENSION_KEY, NUMERIC_THREAD_VARIABLES
@@ -113,11 +112,7 @@ def on_starting(server) -> None:
 
 
 def post_fork(server, worker) -> None:
-    """Drop database connections inherited from the master (none are expected); set the
-    thread switch interval."""
-    switch = os.environ.get("DELIBERATE_SWITCH_INTERVAL_MS")
-    if switch:
-        sys.setswitchinterval(float(switch) / 1000)
+    """Drop database connections inherited from the master (none are expected)."""
     app = _flask_app(server)
     if app is None:
         return

@@ -9,7 +9,7 @@ from deliberate.models import AuditEvent, Organisation, Role, User
 from deliberate.services import accounts
 from deliberate.services.errors import Conflict, NotAllowed, NotFound, ValidationError
 from deliberate.services.passwords import verify_password
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, only_sqlite
 
 NEW_PASSWORD = "a brand new passphrase"
 
@@ -26,6 +26,44 @@ def test_authenticate_with_the_right_password_records_the_login(factory):
     assert user.last_login_at is None
     assert accounts.authenticate("  ANA@Example.org ", PASSWORD) == user
     assert user.last_login_at is not None
+
+
+@only_sqlite
+@pytest.mark.parametrize("password", [PASSWORD, "a wrong guess!"])
+def test_the_password_is_checked_without_holding_the_write_lock(db, factory, monkeypatch, password):
+    """Checking a password costs tens of milliseconds (scrypt): SQLite's write lock, which
+    every vote needs, must not be held meanwhile (a login is a POST: its transactions would
+    otherwise begin with BEGIN IMMEDIATE)."""
+    import sqlite3
+
+    from deliberate.database import write_intent
+
+    factory.user(email="ana@example.org")
+    db.session.commit()
+    path = db.engine.url.database
+    writes: list[bool] = []
+    real = accounts.verify_password
+
+    def while_checking(hashed: str, given: str) -> bool:
+        other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
+        try:
+            other.execute("BEGIN IMMEDIATE")  # another writer, e.g. a vote
+            other.execute("ROLLBACK")
+            writes.append(True)
+        except sqlite3.OperationalError:  # database is locked
+            writes.append(False)
+        finally:
+            other.close()
+        return real(hashed, given)
+
+    monkeypatch.setattr(accounts, "verify_password", while_checking)
+    with write_intent(True):  # as in a POST request
+        if password == PASSWORD:
+            assert accounts.authenticate("ana@example.org", password).last_login_at is not None
+        else:
+            with pytest.raises(accounts.LoginFailed):
+                accounts.authenticate("ana@example.org", password)
+    assert writes == [True]
 
 
 @pytest.mark.parametrize(
