@@ -130,13 +130,21 @@ def _assign_near(
     if not sub.size:
         return check
     a = a[guard]
-    cand = np.concatenate([a[:, None], nn[a]], axis=1)  # (s, L + 1)
-    d = (points[sub, None, 0] - centers[cand, 0]) ** 2
-    d += (points[sub, None, 1] - centers[cand, 1]) ** 2
-    dmin = d.min(axis=1)
-    chosen = np.where(d == dmin[:, None], cand, -1).max(axis=1)  # ties: later centre
-    d[cand == chosen[:, None]] = np.inf
-    second = np.sqrt(d.min(axis=1))
+    # (L + 1, s): a point's candidates down the first axis, so that the minima and maxima over
+    # them are elementwise reductions (over a short last axis they are slow); per point the
+    # same squared distances (x - c)^2 + (y - c)^2 and the same minima
+    cand = np.concatenate([a[None, :], np.take(np.ascontiguousarray(nn.T), a, axis=1)])
+    cx = np.ascontiguousarray(centers[:, 0])
+    cy = np.ascontiguousarray(centers[:, 1])
+    d = points[sub, 0] - cx[cand]
+    d *= d
+    e = points[sub, 1] - cy[cand]
+    e *= e
+    d += e
+    dmin = np.minimum.reduce(d, axis=0)
+    chosen = np.maximum.reduce(np.where(d == dmin, cand, -1), axis=0)  # ties: later centre
+    d[cand == chosen] = np.inf
+    second = np.sqrt(np.minimum.reduce(d, axis=0))
     far = reach[a] - up[sub]  # lower bound for every non-candidate centre
     labels[sub] = chosen
     up[sub] = np.sqrt(dmin)
@@ -202,6 +210,8 @@ def _first_distinct(points: np.ndarray, k: int) -> np.ndarray:
 # to its previous centre's nearest centres, when that is provably exact (_assign_candidates).
 _NEAR_MIN_CENTERS = 32
 _NEAR_MIN_POINTS = 768
+# Centres x points per distance block of the plain step (_kmeans_small's ``full``).
+_FULL_CELLS = 16_384
 # Candidate set sizes: first the _CANDIDATES nearest centres of the point's previous centre,
 # then (for the points that test fails) the _CANDIDATES_WIDE nearest, then every centre.
 _CANDIDATES = 6
@@ -269,7 +279,7 @@ def _assign_candidates(
     sets = cache["sets"]
     # column a (by symmetry, the distances from c_a) with the candidates of a at +inf: its
     # minimum is the squared distance to the nearest non-candidate
-    reaches = [np.sqrt(np.minimum.reduce(cc2 + penalty, axis=0)) for _, penalty in sets]
+    reach0 = np.sqrt(np.minimum.reduce(cc2 + sets[0][1], axis=0))
     ux = px - cx[prev]
     ux *= ux
     uy = py - cy[prev]
@@ -280,10 +290,15 @@ def _assign_candidates(
     # np.take along axis 1 keeps the (sets, points) result C-ordered (fancy indexing would give
     # it Fortran order, and then the reductions over the first axis are slow)
     out = _nearest_of(px, py, cx, cy, np.take(sets[0][0], prev, axis=1))
-    rest = (up >= reaches[0][prev]).nonzero()[0]
+    rest = (up >= reach0[prev]).nonzero()[0]
     if rest.size and len(sets) > 1:
         pr = prev[rest]
-        ok = up[rest] < reaches[1][pr]
+        penalty = sets[1][1]
+        if pr.size < m:  # the wide reach of the columns needed only (the same minima)
+            reach1 = np.sqrt(np.minimum.reduce(cc2[:, pr] + penalty[:, pr], axis=0))
+        else:
+            reach1 = np.sqrt(np.minimum.reduce(cc2 + penalty, axis=0))[pr]
+        ok = up[rest] < reach1
         wide = rest[ok]
         if wide.size:
             out[wide] = _nearest_of(px[wide], py[wide], cx, cy, np.take(sets[1][0], pr[ok], axis=1))
@@ -313,7 +328,7 @@ def _kmeans_small(
     # (a sum of positive floats cannot be 0), which saves the count.
     positive = np.count_nonzero(w > 0) == n
     m0 = centers.shape[0]
-    buf_d = np.empty((m0, n))
+    buf_d = np.empty(n * m0)  # (m, points) distances, a contiguous prefix per block
     buf_t = np.empty(n * m0)  # the y terms, then (same memory) the transposed sums
     near = m0 >= _NEAR_MIN_CENTERS and n >= _NEAR_MIN_POINTS
     cache: dict = {}
@@ -321,8 +336,19 @@ def _kmeans_small(
     def full(rows: np.ndarray | None) -> np.ndarray:
         m = centers.shape[0]
         px, py = (pxr, pyr) if rows is None else (pxr[rows], pyr[rows])
+        step = max(1, _FULL_CELLS // max(m, 1))
+        if px.size <= step:
+            return full_part(px, py, m)
+        # in chunks of points: the buffers' pages touched stay few (each new page of a fresh
+        # process costs a page fault, more than the extra calls); per point the same values
+        out = np.empty(px.size, np.int64)
+        for a in range(0, px.size, step):
+            out[a : a + step] = full_part(px[a : a + step], py[a : a + step], m)
+        return out
+
+    def full_part(px: np.ndarray, py: np.ndarray, m: int) -> np.ndarray:
         k = px.size
-        d = buf_d[:m, :k]
+        d = buf_d[: m * k].reshape(m, k)
         e = buf_t[: m * k].reshape(m, k)
         t = buf_t[: k * m].reshape(k, m)  # written only once e is used up
         # d[j, i] = (x_i - c_{m-1-j})^2 + (y_i - ...)^2: the centres reversed so that argmin's
@@ -418,6 +444,14 @@ def polis_kmeans(
     if not bounded and n * max(centers.shape[0], 1) <= 262_144:
         return _kmeans_small(points, w, ids, centers, max_iters)
     labels = np.zeros(n, np.int64)
+    # the coordinates as contiguous vectors and the weighted ones, once (the same values as
+    # taken from ``points`` in each iteration)
+    pxr = np.ascontiguousarray(points[:, 0])
+    pyr = np.ascontiguousarray(points[:, 1])
+    wx = w * pxr
+    wy = w * pyr
+    # with positive weights a cluster is empty exactly when its weight is 0 (no count needed)
+    positive = np.count_nonzero(w > 0) == n
     # Hamerly's bounds give exactly the assignments of the plain step (a point is skipped only
     # when its centre is strictly the closest, with a margin for rounding), much faster once
     # the centres barely move.
@@ -431,9 +465,17 @@ def polis_kmeans(
         else:
             check = np.flatnonzero(up >= lo - 1e-9 * (1.0 + lo))
             if check.size:
-                diff = points[check] - centers[labels[check]]
-                up[check] = np.sqrt((diff * diff).sum(axis=1))
-                uc, lc = up[check], lo[check]
+                # the distance to the assigned centre, dx^2 + dy^2 per coordinate (the sum
+                # over an axis of length 2 adds the same two squares)
+                lab_c = labels[check]
+                dx = pxr[check] - centers[:, 0][lab_c]
+                dx *= dx
+                dy = pyr[check] - centers[:, 1][lab_c]
+                dy *= dy
+                dx += dy
+                uc = np.sqrt(dx)
+                up[check] = uc
+                lc = lo[check]
                 # Elkan's test: a point closer to its centre than half the distance from that
                 # centre to any other centre cannot change cluster.
                 cx, cy = centers[:, 0], centers[:, 1]
@@ -445,7 +487,7 @@ def polis_kmeans(
                 cc = np.sqrt(dx)  # centre-centre distances (the same sums as over axis 2)
                 np.fill_diagonal(cc, np.inf)
                 half = 0.5 * cc.min(axis=1)
-                stay = (uc < lc - 1e-9 * (1.0 + lc)) | (uc < half[labels[check]] * (1 - 1e-9))
+                stay = (uc < lc - 1e-9 * (1.0 + lc)) | (uc < half[lab_c] * (1 - 1e-9))
                 check = check[~stay]
             if check.size and centers.shape[0] > 2 * _NEIGHBOURS:
                 check = _assign_near(points, centers, cc, labels, up, lo, check)
@@ -453,10 +495,10 @@ def polis_kmeans(
                 labels[check], up[check], lo[check] = _assign_bounds(points[check], centers)
         m = ids.size
         wsum = np.bincount(labels, weights=w, minlength=m)
-        cnt = np.bincount(labels, minlength=m)
-        keep = cnt > 0  # empty clusters are dropped
-        sx = np.bincount(labels, weights=w * points[:, 0], minlength=m)
-        sy = np.bincount(labels, weights=w * points[:, 1], minlength=m)
+        # empty clusters are dropped
+        keep = (wsum > 0) if positive else (np.bincount(labels, minlength=m) > 0)
+        sx = np.bincount(labels, weights=wx, minlength=m)
+        sy = np.bincount(labels, weights=wy, minlength=m)
         new = np.stack([sx, sy], axis=1)[keep] / wsum[keep][:, None]
         if not keep.all():
             remap = np.cumsum(keep) - 1
@@ -788,41 +830,57 @@ def _kmeans_batch_run(
     real = int(kr.sum())  # real centres of the active runs
     active = np.arange(n_runs)
     runs = np.arange(n_runs)
-    # bin of (coordinate sum c, label j, run i) = (c * K + j) * r + i, from the 1-based label
-    part = np.arange(3)[:, None, None] * k - 1
-    koff = np.zeros((3, 0, 1), np.int64)
+    # bin of (coordinate sum c, 1-based label j, run i) = (c * (K + 1) + j) * r + i: lab1 * r
+    # plus the run index (rows of a contiguous (runs, points) array, whose first r rows serve
+    # any r) plus c * (K + 1) * r; the bins of label 0 stay empty and are dropped
+    rowoff_all = np.repeat(runs[:, None], n, axis=1)
+    poff = np.arange(3, dtype=np.intp)[:, None, None] * (k + 1)
     jdt = np.int8 if k < 127 else np.int64
     j1 = np.arange(1, k + 1, dtype=jdt)[:, None, None]  # 1-based centre index per slab
-    buf_d = np.empty(2 * k * n_runs * n)
+    # the squared distances; once the labels are found, the same memory holds the bin keys
+    buf_d = np.empty(max(2 * k, 3) * n_runs * n)
     buf_q = np.empty(k * n_runs * n, dtype=bool)
     buf_j = np.empty(k * n_runs * n, dtype=jdt)
     old = None
+    views_r = -1  # the number of active runs the views below were made for
     # 0 / 0 only in runs not full and in the padding; inf - inf only in the padding
     with np.errstate(invalid="ignore", divide="ignore"):
         for it in range(max_iters + 1):
             r = active.size
             if not r:
                 break
-            size = k * r * n
-            dd = buf_d[: 2 * size].reshape(2, k, r, n)
+            if views_r != r:  # the buffers' views for r active runs (remade when r drops)
+                size = k * r * n
+                dd = buf_d[: 2 * size].reshape(2, k, r, n)
+                d, d_y = dd[0], dd[1]
+                q_buf = buf_q[:size].reshape(k, r, n)
+                j_buf = buf_j[:size].reshape(k, r, n)
+                # once the labels are found the distances are used up: the same memory holds
+                # the bin keys
+                keys = buf_d[: 3 * r * n].view(np.intp).reshape(3, r, n)
+                keys0, keys_head, keys_tail = keys[0], keys[:1], keys[1:]
+                keys_flat = keys.reshape(-1)
+                rowoff = rowoff_all[:r]  # (r, n)
+                poff_r = (poff * r)[1:]  # (2, 1, 1)
+                wts_flat = wts.reshape(-1)
+                cols = runs[:r]
+                views_r = r
             # (c - p)^2 is bit-identical to (p - c)^2 (IEEE subtraction is sign-symmetric)
             np.copyto(dd, cen[:, :, :, None])
             np.subtract(dd, pxy, out=dd)
             np.multiply(dd, dd, out=dd)
-            d = np.add(dd[0], dd[1], out=dd[0])  # (K, r, n) squared distances
+            np.add(d, d_y, out=d)  # (K, r, n) squared distances
             # nearest centre, the later one on an exact tie: the largest j with d_j == min
             # (fmin: the padding's NaN centres are never the minimum)
             mn = np.fmin.reduce(d, axis=0)
-            q = np.equal(d, mn, out=buf_q[:size].reshape(k, r, n))
-            jq = np.multiply(q, j1, out=buf_j[:size].reshape(k, r, n))
+            q = np.equal(d, mn, out=q_buf)
+            jq = np.multiply(q, j1, out=j_buf)
             lab1 = np.maximum.reduce(jq, axis=0)  # (r, n), 1-based
-            if koff.shape[1] != r:
-                koff = part * r + runs[:r, None]  # (3, r, 1)
-            keys = np.multiply(lab1, r, dtype=np.int64)
-            keys = keys + koff  # (3, r, n)
-            sums = np.bincount(
-                keys.reshape(-1), weights=wts.reshape(-1), minlength=3 * k * r
-            ).reshape(3, k, r)
+            np.multiply(lab1, r, out=keys0, dtype=np.intp)
+            keys0 += rowoff
+            np.add(keys_head, poff_r, out=keys_tail)
+            sums = np.bincount(keys_flat, weights=wts_flat, minlength=3 * (k + 1) * r)
+            sums = sums.reshape(3, k + 1, r)[:, 1:]  # (3, K, r)
             wsum = sums[0]
             if np.count_nonzero(wsum) == real:
                 full = None  # every real cluster of every run has weight
@@ -833,7 +891,6 @@ def _kmeans_batch_run(
             if it == max_iters:
                 done = np.ones(r, dtype=bool)
             else:
-                cols = runs[:r]
                 if old is None:
                     old = cen[:, np.lexsort((cen[1], cen[0]), axis=0), cols]
                 srt = new[:, np.lexsort((new[1], new[0]), axis=0), cols]
@@ -856,6 +913,7 @@ def _kmeans_batch_run(
                 cen = new  # every run goes on
                 continue
             keep = (~done if full is None else (~done & full)).nonzero()[0]
+            views_r = -1  # wts (and r) change below
             active = active[keep]
             kr = kr[keep]
             real = int(kr.sum())
@@ -973,31 +1031,39 @@ def _kpp_seeds_multi(
     dy = py[None, :] - py[first][:, None]
     d2 = dx * dx
     d2 += dy * dy
-    chosen = [first]
+    seeds = np.zeros((kr.size, kmax), np.int64)
+    seeds[:, 0] = first
     failed = np.zeros(kr.size, dtype=bool)
+    # Step t only concerns the rows with k > t: with ks ascending (as the caller passes
+    # them) those are the rows from ``lo`` on, and the others are left out (their seeds stop
+    # before t). Row by row the arithmetic is unchanged.
+    ascending = all(a <= b for a, b in zip(ks[:-1], ks[1:], strict=True))
     with np.errstate(invalid="ignore", divide="ignore"):  # only in rows that failed
         for t in range(1, kmax):
-            prob = weights * d2
+            lo = int(np.searchsorted(kr, t, side="right")) if ascending else 0
+            d2t = d2[lo:]
+            prob = weights * d2t
             tot = prob.sum(axis=1)
-            failed |= (kr > t) & ~(tot > 0)
+            failed[lo:] |= (kr[lo:] > t) & ~(tot > 0)
             # each row's running sum, accumulated down the columns of the transposed view
             # (the same sequential sums as along the rows, faster)
             c = np.cumsum((prob / tot[:, None]).T, axis=0)
             c /= c[-1]
-            j = np.minimum((c <= u[:, t]).sum(axis=0), n - 1)
-            chosen.append(j)
+            j = np.minimum((c <= u[lo:, t]).sum(axis=0), n - 1)
+            seeds[lo:, t] = j
+            if t == kmax - 1:
+                break  # the distances are not needed after the last seed
             # (c - p)^2 = (p - c)^2 bit for bit, from broadcast copies of the chosen points
-            e = np.empty_like(d2)
+            e = np.empty_like(d2t)
             np.copyto(e, px[j][:, None])
             e -= px
             e *= e
-            dy = np.empty_like(d2)
+            dy = np.empty_like(d2t)
             np.copyto(dy, py[j][:, None])
             dy -= py
             dy *= dy
             e += dy
-            np.minimum(d2, e, out=d2)
-    seeds = np.stack(chosen, axis=1)
+            np.minimum(d2t, e, out=d2t)
     out: dict[int, list[list[int]] | None] = {}
     for i, k in enumerate(ks):
         rows = slice(i * restarts, (i + 1) * restarts)
@@ -1175,8 +1241,15 @@ def cold_group_clusterings(
     if restarts:
         # weighted inertia of every run at once: per run the arithmetic of _inertia (a row
         # sum over the contiguous point axis is the 1-D sum)
-        d = points[None, :, :] - centres[np.arange(n_runs)[:, None], labels]
-        inert = (w[None, :] * (d * d).sum(axis=2)).sum(axis=1).tolist()
+        # (the sum over the two coordinates is dx^2 + dy^2, as the reduction over an axis
+        # of length 2 adds them; per coordinate the gathers stay contiguous)
+        dx = points[:, 0] - np.take_along_axis(centres[:, :, 0], labels, axis=1)
+        dy = points[:, 1] - np.take_along_axis(centres[:, :, 1], labels, axis=1)
+        dx *= dx
+        dy *= dy
+        dx += dy
+        dx *= w
+        inert = dx.sum(axis=1).tolist()
     else:
         inert = [0.0] * n_runs
     best: dict[int, int] = {}

@@ -251,9 +251,16 @@ class Votes:
             key = (row[a:z].astype(np.int64) - b0 * block_rows) * n_cols + col[a:z]
             # only the chunk's own cells (a small conversation is far below ``cells``)
             chunk_rows = min(n_rows, b1 * block_rows) - b0 * block_rows
-            cnt = np.bincount(key, minlength=min(cells, chunk_rows * max(n_cols, 1)))
-            if cnt.max() <= 1:
+            n_cells = min(cells, chunk_rows * max(n_cols, 1))
+            # No duplicate exactly when the entries mark as many distinct cells as there are
+            # entries: a bool per cell (an eighth of the counts' memory, which a fresh process
+            # pays in page faults); the counts are only taken when there are duplicates.
+            mark = np.zeros(n_cells, dtype=bool)
+            mark[key] = True
+            if np.count_nonzero(mark) == key.size:
                 continue
+            del mark
+            cnt = np.bincount(key, minlength=n_cells)
             any_dup = True
             idx = np.flatnonzero(cnt[key] > 1)  # entries in duplicated cells, in position order
             k2 = key[idx]

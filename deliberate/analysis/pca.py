@@ -27,6 +27,7 @@ Deliberate differences from Pol.is (documented here and in ``Params``):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -105,12 +106,23 @@ def _gram(
         if buf is None or buf.shape[0] < rows:
             buf = np.zeros((rows, n_cols), dtype=dtype)
         d = buf[:rows]
-        rr = votes.row[a:z] - r0
-        cc = votes.col[a:z]
-        d[rr, cc] = centred_values(votes, center, mod_out, a, z)
+        # scattered in slices of entries: the per-entry temporaries stay small (a fresh
+        # process pays every new page of a large one in page faults); the same cells get the
+        # same values
+        for e0 in range(a, z, _SCATTER_ENTRIES):
+            e1 = min(z, e0 + _SCATTER_ENTRIES)
+            d[votes.row[e0:e1] - r0, votes.col[e0:e1]] = centred_values(
+                votes, center, mod_out, e0, e1
+            )
         g += d.T @ d  # numpy dispatches A.T @ A to BLAS syrk
-        d[rr, cc] = 0  # reset only what was written
+        for e0 in range(a, z, _SCATTER_ENTRIES):  # reset only what was written
+            e1 = min(z, e0 + _SCATTER_ENTRIES)
+            d[votes.row[e0:e1] - r0, votes.col[e0:e1]] = 0
     return g
+
+
+# Entries per slice when _gram scatters the votes into its dense chunk.
+_SCATTER_ENTRIES = 16_384
 
 
 # From this many statements (up to 300), the top eigenpairs of the Gram matrix come from a
@@ -144,15 +156,17 @@ def _top_eig_lanczos(
         basis = q[: j + 1]
         w -= basis.T @ (basis @ w)  # full reorthogonalisation, twice
         w -= basis.T @ (basis @ w)
-        b = float(np.linalg.norm(w))
+        b = math.sqrt(w @ w)  # = float(np.linalg.norm(w)): sqrt of the dot product
         beta[j] = b
         if not b > 1e-12 * max(abs(alpha[0]), 1e-300):
             return None  # invariant subspace: let eigh decide
         if j >= n_top + 6 and j % 2 == 0:
-            t = np.diag(alpha[: j + 1])
+            t = np.zeros((j + 1, j + 1))  # tridiagonal: alpha on the diagonal, beta beside it
             off = beta[:j]
-            t[np.arange(j), np.arange(1, j + 1)] = off
-            t[np.arange(1, j + 1), np.arange(j)] = off
+            flat = t.reshape(-1)
+            flat[:: j + 2] = alpha[: j + 1]
+            flat[1 :: j + 2] = off
+            flat[j + 1 :: j + 2] = off
             tv, ts = np.linalg.eigh(t)
             tv, ts = tv[::-1], ts[:, ::-1]
             scale = max(float(tv[0]), 1e-300)
@@ -177,7 +191,7 @@ def _missed_eigenvalue(g: np.ndarray, basis: np.ndarray, next_ritz: float) -> bo
     for _ in range(8):
         z -= basis.T @ (basis @ z)
         z -= basis.T @ (basis @ z)
-        nz = float(np.linalg.norm(z))
+        nz = math.sqrt(z @ z)  # = np.linalg.norm(z)
         if nz == 0.0:
             return False
         z /= nz
@@ -428,11 +442,16 @@ def project_participants(
     cc = [np.round(comps[k] * live * scale) for k in range(2)]
     cm = [np.round(center * comps[k] * live * scale) for k in range(2)]
     any_out = bool(mod_out.any())
+    # the weight v * q_j - r_j of a vote, for v in (-1, 0, 1) and every column: one table
+    # per component (the same products and differences), looked up by (v + 1) * n_cols + j
+    vals = np.array([-1.0, 0.0, 1.0])[:, None]
+    table = [(vals * cc[k][None, :] - cm[k][None, :]).reshape(-1) for k in range(2)]
     for a, b in votes.entry_chunks():
         r, c = votes.row[a:b], votes.col[a:b]
-        v = votes.value[a:b]
+        idx = np.multiply(votes.value[a:b] + 1, n_cols, dtype=np.intp)
+        idx += c
         for k in range(2):
-            out[:, k] += np.bincount(r, weights=v * cc[k][c] - cm[k][c], minlength=n_rows)
+            out[:, k] += np.bincount(r, weights=table[k][idx], minlength=n_rows)
         if any_out:
             n_i += np.bincount(r, weights=live[c], minlength=n_rows)
         else:  # every column live: the count of the row's votes (the same integer sums)

@@ -50,11 +50,25 @@ _POISSON1_CDF = np.cumsum(
 )
 
 
+# The first few CDF values, shaped to broadcast against the uniforms (see _poisson1).
+_POISSON1_HEAD = _POISSON1_CDF[:4].reshape(4, 1, 1).copy()
+
+
 def _poisson1(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """Poisson(1) draws as float64, by inverse CDF from uniforms (several times faster than
-    ``rng.poisson`` for the few thousand draws a bootstrap needs; the same distribution)."""
+    ``rng.poisson`` for the few thousand draws a bootstrap needs; the same distribution).
+
+    The draw is ``searchsorted(_POISSON1_CDF, u, side="right")``, i.e. the number of CDF
+    values <= u (the CDF is non-decreasing). It is counted over the first four values with
+    one broadcast comparison (a binary search per draw is several times slower); only the
+    draws with u >= CDF[3] (about 2 %) can exceed 3, and they get the full search."""
     u = rng.random(shape)
-    return np.searchsorted(_POISSON1_CDF, u, side="right").astype(np.float64)
+    h = _POISSON1_HEAD.shape[0]
+    out = np.add.reduce(u >= _POISSON1_HEAD, axis=0, dtype=np.float64)
+    tail = np.flatnonzero(u >= _POISSON1_CDF[h - 1])
+    if tail.size:
+        out.flat[tail] = np.searchsorted(_POISSON1_CDF, u.flat[tail], side="right")
+    return out
 
 
 def _intervals(samples: np.ndarray, point: np.ndarray, level: float) -> list[np.ndarray]:
@@ -86,20 +100,23 @@ def _intervals(samples: np.ndarray, point: np.ndarray, level: float) -> list[np.
 def _consensus_members(
     agree: np.ndarray, disagree: np.ndarray, seen: np.ndarray, mod_out: np.ndarray, max_n: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean (R, n_cols) membership of the consensus agree / disagree lists per replicate."""
-    outs = []
-    for succ in (agree, disagree):
-        p = (succ + 1.0) / (seen + 2.0)
-        t = prop_test(succ, seen)
-        score = np.where((p > 0.5) & (t > Z90) & ~mod_out[None, :], p * t, -np.inf)
-        member = np.zeros(score.shape, dtype=bool)
-        if score.shape[1]:
-            kk = min(max_n, score.shape[1])
-            top = np.argsort(-score, axis=1, kind="stable")[:, :kk]
-            rows = np.arange(score.shape[0])[:, None]
-            member[rows, top] = np.isfinite(score[rows, top])
-        outs.append(member)
-    return outs[0], outs[1]
+    """Boolean (R, n_cols) membership of the consensus agree / disagree lists per replicate.
+
+    Both lists at once: agree and disagree stacked as 2R rows (elementwise the same scores,
+    row by row the same stable sort)."""
+    n_r, n = agree.shape
+    succ = np.stack([agree, disagree]).reshape(2 * n_r, n)
+    seen2 = np.concatenate([seen, seen])
+    p = (succ + 1.0) / (seen2 + 2.0)
+    t = prop_test(succ, seen2)
+    score = np.where((p > 0.5) & (t > Z90) & ~mod_out[None, :], p * t, -np.inf)
+    member = np.zeros(score.shape, dtype=bool)
+    if n:
+        kk = min(max_n, n)
+        top = np.argsort(-score, axis=1, kind="stable")[:, :kk]
+        rows = np.arange(2 * n_r)[:, None]
+        member[rows, top] = np.isfinite(score[rows, top])
+    return member[:n_r], member[n_r:]
 
 
 def _greedy_match(ov: np.ndarray) -> np.ndarray:
@@ -283,7 +300,9 @@ def _replicate_counts(
     are its bucket weights ``w`` (R, m) times those. Every value is an integer (and partial
     sums only grow), so the product is exact in float32 as long as the largest possible
     count, max(w) x participants, is below 2^24: then float32 (half the memory traffic),
-    else float64."""
+    else float64. Returned in that dtype (integer values, exact in either): the caller takes
+    its float64 sums and rates with ``dtype=np.float64`` (no float64 copy of the whole array,
+    which a fresh process pays in page faults)."""
     n_cols = votes.n_cols
     replicates = w.shape[0]
     size = m * g1 * 3 * n_cols
@@ -307,7 +326,7 @@ def _replicate_counts(
     if per is None:
         per = np.zeros(size, np.int64)
     rep = w.astype(dtype) @ per.reshape(m, -1).astype(dtype)
-    return rep.astype(np.float64, copy=False).reshape(replicates, g1, 3, n_cols)
+    return rep.reshape(replicates, g1, 3, n_cols)
 
 
 # Participants x (3 x statements) cells up to which _replicate_counts may take the participant
@@ -337,18 +356,39 @@ def _replicate_counts_by_participant(
     bounds = np.searchsorted(grp[order], np.arange(g1 + 1)).tolist()
     pos = np.empty(n_rows, np.int64)
     pos[order] = np.arange(n_rows)
-    onehot = np.zeros(n_rows * width, dtype)
+    # the 0/1 matrix as bytes; each block of rows is converted to ``dtype`` in one reused
+    # buffer just before its product (a float matrix of every row costs a fresh process 4-8x
+    # the memory in page faults). The blocks' products add up to the same integer sums.
+    onehot = np.zeros(n_rows * width, np.uint8)
     for a, b in votes.entry_chunks():
         # category 0 agree, 1 pass, 2 disagree (= 1 - value)
         onehot[(pos[votes.row[a:b]] * 3 + (1 - votes.value[a:b])) * n_cols + votes.col[a:b]] = 1
     onehot = onehot.reshape(n_rows, width)
     wp = w.astype(dtype)[:, bucket[order]]  # (R, participants in group order)
     rep = np.empty((replicates, g1, width), dtype)
+    step = max(1, _BLOCK_CELLS // max(width, 1))
+    block = np.empty(min(step, max(n_rows, 1)) * width, dtype)
+    part = None
     for g in range(g1):
-        np.matmul(
-            wp[:, bounds[g] : bounds[g + 1]], onehot[bounds[g] : bounds[g + 1]], out=rep[:, g]
-        )
-    return rep.astype(np.float64, copy=False).reshape(replicates, g1, 3, n_cols)
+        lo, hi = bounds[g], bounds[g + 1]
+        if lo == hi:
+            rep[:, g] = 0.0
+        for a in range(lo, hi, step):
+            b = min(hi, a + step)
+            x = block[: (b - a) * width].reshape(b - a, width)
+            np.copyto(x, onehot[a:b])
+            if a == lo:
+                np.matmul(wp[:, a:b], x, out=rep[:, g])
+            else:
+                if part is None:
+                    part = np.empty((replicates, width), dtype)
+                np.matmul(wp[:, a:b], x, out=part)
+                rep[:, g] += part
+    return rep.reshape(replicates, g1, 3, n_cols)
+
+
+# Cells of one block of the 0/1 matrix in _replicate_counts_by_participant.
+_BLOCK_CELLS = 32_768
 
 
 def bootstrap(
@@ -407,15 +447,17 @@ def bootstrap(
 
     out: dict = {"replicates": int(replicates), "buckets": int(m)}
     # --- statements (rep's categories: 0 agree, 1 pass, 2 disagree)
+    # rep holds integers in float32 or float64 (exact in both): every float64 value below is
+    # what it was from a float64 rep (integer sums are exact in any order)
     grp = rep[:, 1:]  # (R, k, 3, n_cols)
-    s = grp.sum(axis=2)
+    s = grp.sum(axis=2, dtype=np.float64)
     s += 2.0
-    rates = grp[:, :, 0] + 1.0
+    rates = np.add(grp[:, :, 0], 1.0, dtype=np.float64)
     rates /= s
     gac = np.prod(rates, axis=1)
     np.log(rates, out=rates)
     bridging = np.exp(rates.mean(axis=1))
-    tot = rep.sum(axis=1)  # (R, 3, n_cols) all participants
+    tot = rep.sum(axis=1, dtype=np.float64)  # (R, 3, n_cols) all participants
     seen = tot.sum(axis=1)
     share = np.where(seen > 0, tot[:, 0] / np.where(seen > 0, seen, 1), point["agree_share"])
     gac_iv, bridging_iv, share_iv = _intervals(
@@ -437,15 +479,19 @@ def bootstrap(
     group_freq = np.zeros(n_groups)
     if n_groups >= 1 and n_base:
         ic = np.flatnonzero(base_of_row >= 0)
-        bk = bucket[ic] * n_base + base_of_row[ic]
-        sums = np.empty((m, 3, n_base))
-        sums[:, 0] = np.bincount(bk, minlength=m * n_base).reshape(m, n_base)
-        sums[:, 1] = np.bincount(bk, weights=projections[ic, 0], minlength=m * n_base).reshape(
-            m, n_base
-        )
-        sums[:, 2] = np.bincount(bk, weights=projections[ic, 1], minlength=m * n_base).reshape(
-            m, n_base
-        )
+        # per (bucket, quantity, base cluster): the member count, then the projection sums,
+        # from one bincount over the members three times (count as weight 1.0: the same
+        # integers; each sum adds the same members in the same order)
+        n_ic = ic.size
+        bk = bucket[ic] * (3 * n_base) + base_of_row[ic]
+        keys = np.empty(3 * n_ic, np.int64)
+        wts = np.empty(3 * n_ic)
+        for q in range(3):
+            np.add(bk, q * n_base, out=keys[q * n_ic : (q + 1) * n_ic])
+        wts[:n_ic] = 1.0
+        wts[n_ic : 2 * n_ic] = projections[ic, 0]
+        wts[2 * n_ic :] = projections[ic, 1]
+        sums = np.bincount(keys, weights=wts, minlength=m * 3 * n_base).reshape(m, 3, n_base)
         bsum = (w @ sums.reshape(m, 3 * n_base)).reshape(replicates, 3, n_base)
         bw, bx, by = bsum[:, 0], bsum[:, 1], bsum[:, 2]  # (R, n_base)
         sizes = sums[:, 0].sum(axis=0)

@@ -316,3 +316,124 @@ def test_consensus_members_equal_a_stable_sort():
                 top = np.argsort(-score[i], kind="stable")[: min(max_n, n)]
                 want[i, top] = np.isfinite(score[i, top])
             assert np.array_equal(member, want)
+
+
+def test_poisson_draws_equal_the_binary_search_over_the_cdf():
+    # the head comparisons + tail search give searchsorted's index for every uniform,
+    # including uniforms in the far tail and exactly on a CDF value
+    for seed in range(20):
+        shape = (int(1 + seed % 7), 1000 + 37 * seed)
+        got = S._poisson1(np.random.default_rng(seed), shape)
+        u = np.random.default_rng(seed).random(shape)
+        want = np.searchsorted(S._POISSON1_CDF, u, side="right").astype(np.float64)
+        assert got.dtype == np.float64 and got.shape == shape
+        assert np.array_equal(got, want)
+
+    class _Fixed:  # a generator whose uniforms sit on and around the CDF values
+        def random(self, shape):
+            c = S._POISSON1_CDF[S._POISSON1_CDF < 1.0]
+            v = np.concatenate([c, np.nextafter(c, 0.0), np.nextafter(c, 1.0), [0.0]])
+            return np.resize(v, shape)
+
+    u = _Fixed().random((3, 50))
+    want = np.searchsorted(S._POISSON1_CDF, u, side="right").astype(np.float64)
+    assert np.array_equal(S._poisson1(_Fixed(), (3, 50)), want)
+    assert want.max() >= 5  # the tail was exercised
+
+
+def test_kpp_seeds_for_several_k_in_any_order_equal_one_k_at_a_time():
+    # ascending ks let each step skip the rows whose seeds are complete; any other order takes
+    # every row at every step: both give the per-k seeds
+    rng = np.random.default_rng(16)
+    for trial in range(30):
+        n = int(rng.integers(1, 80))
+        pts = _points(rng, n, trial % 3)
+        if trial % 5 == 0:
+            pts[: n // 2] = pts[0]
+        w = rng.integers(1, 9, n).astype(float)
+        p_w = w / w.sum()
+        for ks in ([2, 3, 4, 5], [5, 2, 4], [3], [2, 2, 5]):
+            many = C._kpp_seeds_multi(pts, w, p_w, ks, 10)
+            for k in ks:
+                one = C._kpp_seeds_batch(pts, w, p_w, k, 10, np.random.default_rng(7919 + k))
+                assert many[k] == one
+
+
+@pytest.mark.parametrize("cells", [1, 150, 16_384])
+def test_plain_kmeans_step_in_point_blocks_gives_the_one_block_result(monkeypatch, cells):
+    rng = np.random.default_rng(17)
+    monkeypatch.setattr(C, "_NEAR_MIN_CENTERS", 10**9)  # the plain step at every iteration
+    for trial in range(8):
+        n = int(rng.integers(20, 1500))
+        pts = _points(rng, n, trial % 3)
+        w = rng.integers(1, 4, n).astype(float) if trial % 2 else None
+        for k in (3, 100):
+            monkeypatch.setattr(C, "_FULL_CELLS", 10**12)
+            one = C.polis_kmeans(pts, k, 100, weights=w)
+            monkeypatch.setattr(C, "_FULL_CELLS", cells)
+            blocks = C.polis_kmeans(pts, k, 100, weights=w)
+            assert np.array_equal(one.labels, blocks.labels)
+            assert np.array_equal(one.centers, blocks.centers)
+            assert np.array_equal(one.ids, blocks.ids)
+
+
+@pytest.mark.parametrize("block_cells", [1, 97, 32_768])
+def test_replicate_counts_by_participant_blocks_are_the_bucket_counts(monkeypatch, block_cells):
+    # the participant route with its 0/1 matrix converted block by block (one row per block
+    # at block_cells = 1): the same integer counts
+    monkeypatch.setattr(S, "_BLOCK_CELLS", block_cells)
+    rng = np.random.default_rng(18)
+    for g in (1, 2, 4):
+        votes = _votes(rng, int(rng.integers(20, 200)), int(rng.integers(3, 30)))
+        n = votes.n_rows
+        groups = rng.integers(-1, g, n)
+        if g > 1:
+            groups[groups == 1] = 0  # an empty group
+        m = min(50, n)
+        bucket = (rng.permutation(n) % m).astype(np.int64)
+        w = S._poisson1(rng, (9, m))
+        got = S._replicate_counts_by_participant(votes, groups, g + 1, bucket, w, np.float32)
+        per = np.zeros((m, g + 1, 3, votes.n_cols))
+        np.add.at(per, (bucket[votes.row], groups[votes.row] + 1, 1 - votes.value, votes.col), 1)
+        assert np.array_equal(got, np.einsum("rm,mgcj->rgcj", w, per))
+
+
+def test_bootstrap_takes_float32_counts_as_their_float64_values(monkeypatch):
+    # the replicate counts come back in float32 when exact there; every statistic computed
+    # from them equals the one from the same counts in float64
+    from deliberate.analysis import Params, run_analysis
+
+    rng = np.random.default_rng(19)
+    votes = _votes(rng, 150, 25)
+    assert S._replicate_counts.__name__ == "_replicate_counts"
+    plain = S._replicate_counts
+
+    def as_float64(*args, **kwargs):
+        out = plain(*args, **kwargs)
+        assert out.dtype == np.float32  # this conversation takes the float32 route
+        return out.astype(np.float64)
+
+    a = run_analysis(votes, params=Params(), seed=3).to_dict()["stability"]
+    monkeypatch.setattr(S, "_replicate_counts", as_float64)
+    b = run_analysis(votes, params=Params(), seed=3).to_dict()["stability"]
+    assert a == b
+
+
+def test_gram_scattered_in_slices_equals_one_slice(monkeypatch):
+    from deliberate.analysis import pca as P
+
+    rng = np.random.default_rng(20)
+    for trial in range(6):
+        votes = _votes(rng, int(rng.integers(5, 300)), int(rng.integers(2, 40)))
+        mod_out = rng.random(votes.n_cols) < 0.2
+        center = P.column_means(votes, mod_out)
+        for dtype in (np.float64, np.float32):
+            monkeypatch.setattr(P, "_SCATTER_ENTRIES", 10**9)
+            one = P._gram(votes, center, mod_out, dtype, 4_000_000)
+            monkeypatch.setattr(P, "_SCATTER_ENTRIES", int(rng.integers(1, 50)))
+            sliced = P._gram(votes, center, mod_out, dtype, 4_000_000 if trial % 2 else 50)
+            monkeypatch.setattr(P, "_SCATTER_ENTRIES", 10**9)
+            one_small = P._gram(votes, center, mod_out, dtype, 4_000_000 if trial % 2 else 50)
+            assert np.array_equal(sliced, one_small)
+            if trial % 2:
+                assert np.array_equal(sliced, one)
