@@ -254,6 +254,16 @@ def write_intent(may_write: bool) -> Iterator[None]:
         _write_intent.reset(token)
 
 
+def end_read(session) -> None:
+    """End the session's transaction if it only read, keeping its loaded objects, so that the
+    next one can begin as a write (SQLite cannot turn a read transaction into a write one once
+    another writer has committed). A transaction that holds SQLite's write lock, or none, is
+    left as it is. For services that read, then do slow work (a password hash), then write:
+    the write lock, which every vote needs, is then held for the write only."""
+    if session.in_transaction() and not holds_write_lock(session.connection()):
+        commit_keeping_objects(session)
+
+
 def commit_keeping_objects(session) -> None:
     """Commit without expiring the session's loaded objects (such as the acting user).
 

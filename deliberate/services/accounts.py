@@ -14,7 +14,7 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from ..database import commit_keeping_objects, holds_write_lock, write_intent
+from ..database import end_read, write_intent
 from ..extensions import db
 from ..models import ROLE_VALUES, Organisation, Role, User, utcnow
 from . import audit
@@ -135,9 +135,7 @@ def authenticate(email: str, password: str) -> User:
             raise LoginFailed()
         if not verify_password(user.password_hash, password or "") or not user.active:
             raise LoginFailed()
-    session = db.session()
-    if session.in_transaction() and not holds_write_lock(session.connection()):
-        commit_keeping_objects(session)  # nothing written yet: ends the read snapshot
+    end_read(db.session())
     with write_intent(True):
         user.last_login_at = utcnow()
         db.session.commit()
@@ -292,16 +290,21 @@ def set_active(actor: User | None, user_id: int, active: bool) -> User:
 
 def change_password(user: User, current_password: str, new_password: str) -> User:
     """Change the user's own password; every other session of theirs is logged out."""
-    if user is None or not user.is_active:
-        raise NotAllowed("Please log in first.")
-    if not verify_password(user.password_hash, current_password or ""):
-        raise WrongPassword("Your current password is not right.")
-    check_password_rules(new_password, email=user.email, name=user.name)
-    if verify_password(user.password_hash, new_password):
-        raise ValidationError("Choose a password different from your current one.")
-    user.password_hash = hash_password(new_password)
-    user.auth_version = (user.auth_version or 1) + 1
-    db.session.commit()
+    # The three scrypt computations happen while nothing is held (see authenticate).
+    with write_intent(False):
+        if user is None or not user.is_active:
+            raise NotAllowed("Please log in first.")
+        if not verify_password(user.password_hash, current_password or ""):
+            raise WrongPassword("Your current password is not right.")
+        check_password_rules(new_password, email=user.email, name=user.name)
+        if verify_password(user.password_hash, new_password):
+            raise ValidationError("Choose a password different from your current one.")
+        hashed = hash_password(new_password)
+    end_read(db.session())
+    with write_intent(True):
+        user.password_hash = hashed
+        user.auth_version = User.auth_version + 1  # in SQL: a concurrent change counts too
+        db.session.commit()
     return user
 
 

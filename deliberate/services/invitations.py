@@ -19,6 +19,7 @@ from flask import current_app
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from ..database import end_read, write_intent
 from ..extensions import db
 from ..models import Invitation, Organisation, Role, Round, RoundState, User, utcnow
 from . import audit
@@ -409,19 +410,25 @@ def _claim(invitation: Invitation) -> None:
 
 def accept_invitation(token: str, password: str, name: str | None = None) -> User:
     """Set the invited person's first password (and name) and use up the link."""
-    invitation = find_invitation(token, INVITE)
-    user = invitation.user
-    check_password_rules(password, email=user.email, name=name or user.name)
-    clean = clean_name(name) if name is not None and name.strip() else None
-    _claim(invitation)
-    if user.password_hash is not None:
-        db.session.rollback()
-        raise InvalidToken(INVALID_LINK)
-    user.password_hash = hash_password(password)
-    if clean:
-        user.name = clean
-    _close_open_links(user.id, INVITE, except_id=invitation.id)
-    db.session.commit()
+    # Read and hash (scrypt: tens of milliseconds) while nothing is held; then a short write.
+    with write_intent(False):
+        invitation = find_invitation(token, INVITE)
+        user = invitation.user
+        check_password_rules(password, email=user.email, name=name or user.name)
+        clean = clean_name(name) if name is not None and name.strip() else None
+        hashed = hash_password(password)
+    end_read(db.session())
+    with write_intent(True):
+        _claim(invitation)
+        db.session.refresh(user, ["password_hash"])  # as committed now, under the write
+        if user.password_hash is not None:
+            db.session.rollback()
+            raise InvalidToken(INVALID_LINK)
+        user.password_hash = hashed
+        if clean:
+            user.name = clean
+        _close_open_links(user.id, INVITE, except_id=invitation.id)
+        db.session.commit()
     return user
 
 
@@ -460,14 +467,19 @@ def issue_password_reset(
 
 def reset_password(token: str, new_password: str) -> User:
     """Set a new password through a reset link; every existing session of the person ends."""
-    invitation = find_invitation(token, RESET)
-    user = invitation.user
-    check_password_rules(new_password, email=user.email, name=user.name)
-    _claim(invitation)
-    user.password_hash = hash_password(new_password)
-    user.auth_version = (user.auth_version or 1) + 1
-    _close_open_links(user.id, RESET, except_id=invitation.id)
-    db.session.commit()
+    # Read and hash (scrypt: tens of milliseconds) while nothing is held; then a short write.
+    with write_intent(False):
+        invitation = find_invitation(token, RESET)
+        user = invitation.user
+        check_password_rules(new_password, email=user.email, name=user.name)
+        hashed = hash_password(new_password)
+    end_read(db.session())
+    with write_intent(True):
+        _claim(invitation)
+        user.password_hash = hashed
+        user.auth_version = User.auth_version + 1  # in SQL: a concurrent change counts too
+        _close_open_links(user.id, RESET, except_id=invitation.id)
+        db.session.commit()
     return user
 
 

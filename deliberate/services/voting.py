@@ -148,9 +148,9 @@ def _validate_id(value: object, what: str) -> int:
     return value
 
 
-def _insert(table) -> Executable:
-    """Return an INSERT for the engine's dialect that supports ON CONFLICT."""
-    if db.engine.dialect.name == "postgresql":
+def _insert(table, dialect: str) -> Executable:
+    """Return an INSERT for the dialect that supports ON CONFLICT."""
+    if dialect == "postgresql":
         from sqlalchemy.dialects.postgresql import insert
     else:
         from sqlalchemy.dialects.sqlite import insert
@@ -475,7 +475,7 @@ def _vote_insert(dialect: str) -> DriverStatement:
     statement = _VOTE_INSERTS.get(dialect)
     if statement is None:
         statement = DriverStatement(
-            _insert(_votes)
+            _insert(_votes, dialect)
             .values(
                 round_id=bindparam("round_id"),
                 statement_id=bindparam("statement_id"),

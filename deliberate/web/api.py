@@ -11,11 +11,10 @@ from functools import wraps
 from flask import Blueprint, jsonify, request
 from flask_login import current_user
 
-from ..database import set_write_intent
 from ..ratelimit import vote_limits
 from ..services import voting
 from ..services.errors import ValidationError
-from .decorators import actor
+from .decorators import actor, reads_first
 from .errors import error_response
 
 bp = Blueprint("api", __name__)
@@ -28,21 +27,6 @@ def api_login_required(view):
     def wrapped(*args, **kwargs):
         if not current_user.is_authenticated:
             return error_response(401, "Unauthorized", "Please log in first.")
-        return view(*args, **kwargs)
-
-    return wrapped
-
-
-def reads_first(view):
-    """Begin the request's transactions as reads (on SQLite a plain BEGIN, no write lock).
-
-    For views whose service takes the write lock itself, for its write only
-    (voting.vote_and_advance): loading the user and other reads then never wait for it.
-    """
-
-    @wraps(view)
-    def wrapped(*args, **kwargs):
-        set_write_intent(False)  # web/__init__.py resets it after the request
         return view(*args, **kwargs)
 
     return wrapped

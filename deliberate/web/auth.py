@@ -15,7 +15,7 @@ from ..ratelimit import invitation_limits, login_limits
 from ..services import accounts, invitations
 from ..services.errors import DomainError, InvalidToken
 from ..services.passwords import MAX_PASSWORD_LENGTH, MIN_PASSWORD_LENGTH
-from .decorators import actor
+from .decorators import actor, reads_first
 
 bp = Blueprint("auth", __name__)
 
@@ -140,6 +140,7 @@ def logout():
 
 @bp.route("/invite/<token>", methods=["GET", "POST"])
 @invitation_limits("invite")
+@reads_first
 def accept_invitation(token: str):
     """Accept an invitation: choose a password, then go to the round."""
     invitation = invitations.find_invitation(token, invitations.INVITE)
@@ -182,6 +183,7 @@ def _other_account(user) -> str | None:
 
 @bp.route("/reset/<token>", methods=["GET", "POST"])
 @invitation_limits("reset")
+@reads_first
 def reset_password(token: str):
     """Choose a new password through a reset link."""
     invitation = invitations.find_invitation(token, invitations.RESET)
@@ -213,6 +215,7 @@ def reset_password(token: str):
 
 
 @bp.route("/account", methods=["GET", "POST"])
+@reads_first  # above login_required: loading the user is a read too
 @login_required
 def account():
     """Show the account page and change the password."""

@@ -7,9 +7,10 @@ from functools import wraps
 from flask import abort
 from flask_login import current_user, login_required
 
+from ..database import set_write_intent
 from ..models import User
 
-__all__ = ["actor", "login_required", "roles_required"]
+__all__ = ["actor", "login_required", "reads_first", "roles_required"]
 
 
 def actor() -> User | None:
@@ -34,3 +35,19 @@ def roles_required(*roles: str):
         return wrapped
 
     return decorator
+
+
+def reads_first(view):
+    """Begin the request's transactions as reads (on SQLite a plain BEGIN, no write lock).
+
+    For views whose service takes the write lock itself, for its write only (the vote; the
+    password services, which hash while nothing is held): loading the user and other reads
+    then never wait for it, nor hold it.
+    """
+
+    @wraps(view)
+    def wrapped(*args, **kwargs):
+        set_write_intent(False)  # web/__init__.py resets it after the request
+        return view(*args, **kwargs)
+
+    return wrapped

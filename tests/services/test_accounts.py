@@ -10,6 +10,7 @@ from deliberate.services import accounts
 from deliberate.services.errors import Conflict, NotAllowed, NotFound, ValidationError
 from deliberate.services.passwords import verify_password
 from tests.conftest import PASSWORD, only_sqlite
+from tests.lock_probe import WriteLockProbe
 
 NEW_PASSWORD = "a brand new passphrase"
 
@@ -34,36 +35,38 @@ def test_the_password_is_checked_without_holding_the_write_lock(db, factory, mon
     """Checking a password costs tens of milliseconds (scrypt): SQLite's write lock, which
     every vote needs, must not be held meanwhile (a login is a POST: its transactions would
     otherwise begin with BEGIN IMMEDIATE)."""
-    import sqlite3
-
     from deliberate.database import write_intent
 
     factory.user(email="ana@example.org")
     db.session.commit()
-    path = db.engine.url.database
-    writes: list[bool] = []
-    real = accounts.verify_password
-
-    def while_checking(hashed: str, given: str) -> bool:
-        other = sqlite3.connect(path, timeout=0.2, isolation_level=None)
-        try:
-            other.execute("BEGIN IMMEDIATE")  # another writer, e.g. a vote
-            other.execute("ROLLBACK")
-            writes.append(True)
-        except sqlite3.OperationalError:  # database is locked
-            writes.append(False)
-        finally:
-            other.close()
-        return real(hashed, given)
-
-    monkeypatch.setattr(accounts, "verify_password", while_checking)
+    probe = WriteLockProbe(db.engine.url.database, accounts.verify_password)
+    monkeypatch.setattr(accounts, "verify_password", probe)
     with write_intent(True):  # as in a POST request
         if password == PASSWORD:
             assert accounts.authenticate("ana@example.org", password).last_login_at is not None
         else:
             with pytest.raises(accounts.LoginFailed):
                 accounts.authenticate("ana@example.org", password)
-    assert writes == [True]
+    assert probe.free == [True]
+
+
+@only_sqlite
+def test_a_password_change_hashes_without_holding_the_write_lock(db, factory, monkeypatch):
+    from deliberate.database import write_intent
+
+    user = factory.user()
+    version = user.auth_version
+    db.session.commit()  # ends the transaction that read it (the test's writes as a POST's)
+    path = db.engine.url.database
+    checks = WriteLockProbe(path, accounts.verify_password)
+    hashes = WriteLockProbe(path, accounts.hash_password)
+    monkeypatch.setattr(accounts, "verify_password", checks)
+    monkeypatch.setattr(accounts, "hash_password", hashes)
+    with write_intent(True):
+        accounts.change_password(user, PASSWORD, NEW_PASSWORD)
+    assert checks.free == [True, True] and hashes.free == [True]
+    db.session.expire_all()
+    assert user.auth_version == version + 1 and verify_password(user.password_hash, NEW_PASSWORD)
 
 
 @pytest.mark.parametrize(

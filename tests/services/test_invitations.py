@@ -17,7 +17,8 @@ from deliberate.services import accounts, invitations
 from deliberate.services.errors import InvalidToken, NotAllowed, NotFound, ValidationError
 from deliberate.services.invitations import InvitationRow
 from deliberate.services.passwords import verify_password
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, only_sqlite
+from tests.lock_probe import WriteLockProbe
 
 BASE = "https://deliberate.example"
 NEW_PASSWORD = "my own passphrase"
@@ -347,3 +348,26 @@ def test_a_concurrent_duplicate_becomes_a_conflict_and_nothing_is_saved(db, monk
     assert db.session.scalars(select(User)).all() == []
     assert db.session.scalars(select(Organisation)).all() == []
     assert db.session.scalars(select(Invitation)).all() == []
+
+
+@only_sqlite
+@pytest.mark.parametrize("purpose", ["invite", "reset"])
+def test_links_hash_the_password_without_holding_the_write_lock(factory, db, monkeypatch, purpose):
+    """Setting a password through a link hashes it (scrypt) while SQLite's write lock, which
+    every vote needs, is free; only the short write that follows takes it."""
+    from deliberate.database import write_intent
+
+    if purpose == "invite":
+        token = invite_one()
+    else:
+        token = token_of(invitations.issue_password_reset(None, factory.user().id, BASE))
+    db.session.commit()
+    probe = WriteLockProbe(db.engine.url.database, invitations.hash_password)
+    monkeypatch.setattr(invitations, "hash_password", probe)
+    with write_intent(True):  # as in a POST request
+        if purpose == "invite":
+            user = invitations.accept_invitation(token, NEW_PASSWORD)
+        else:
+            user = invitations.reset_password(token, NEW_PASSWORD)
+    assert probe.free == [True]
+    assert accounts.authenticate(user.email, NEW_PASSWORD) == user

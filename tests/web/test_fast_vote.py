@@ -70,40 +70,22 @@ def build(tmp_path, database_url, *, fast: bool, **overrides) -> World:
         closed = Round(question="Closed?", state="closed", moderation="pre")
         _db.session.add_all([open_round, closed])
         _db.session.flush()
-        texts = ["More buses", "Fewer cars", "Cheaper rent", "Later libraries"]
-        statements = [
-            Statement(
-                round_id=open_round.id,
+
+        def statement(round_, text, author=None, state="accepted") -> Statement:
+            return Statement(
+                round_id=round_.id,
                 text=text,
                 normalised_text=text.lower(),
-                origin="seed",
-                moderation_state="accepted",
+                origin="seed" if author is None else "member",
+                author_id=None if author is None else people[author].id,
+                moderation_state=state,
             )
-            for text in texts
-        ]
-        own = Statement(
-            round_id=open_round.id,
-            text="Amy's idea",
-            normalised_text="amy's idea",
-            origin="member",
-            author_id=people["amy"].id,
-            moderation_state="accepted",
-        )
-        pending = Statement(
-            round_id=open_round.id,
-            text="Not yet moderated",
-            normalised_text="not yet moderated",
-            origin="member",
-            author_id=people["ben"].id,
-            moderation_state="pending",
-        )
-        shut = Statement(
-            round_id=closed.id,
-            text="Too late",
-            normalised_text="too late",
-            origin="seed",
-            moderation_state="accepted",
-        )
+
+        texts = ["More buses", "Fewer cars", "Cheaper rent", "Later libraries"]
+        statements = [statement(open_round, text) for text in texts]
+        own = statement(open_round, "Amy's idea", author="amy")
+        pending = statement(open_round, "Not yet moderated", author="ben", state="pending")
+        shut = statement(closed, "Too late")
         _db.session.add_all([*statements, own, pending, shut])
         _db.session.commit()
         world.ids = {
