@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, and_, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
+from ..database import end_read, write_intent
 from ..extensions import db
 from ..models import (
     ModerationMode,
@@ -110,26 +111,31 @@ def submit_statement(actor: User | None, round_id: int, text: str) -> Statement:
 
     The returned statement's `is_visible(statement)` says which, for the message to the member.
     """
-    user = require_user(actor)
-    round_ = _find_round(round_id)
-    require_round_viewer(user, round_)
-    if not can_participate(user, round_):
-        if user.role != Role.MEMBER and user.organisation_id is None:
-            raise NotAllowed("Staff without an organisation do not take part in rounds.")
-        raise NotAllowed("This round is not open to your organisation.")
-    # Imported lazily: rounds imports this module for the text helpers.
-    from .rounds import is_accepting_votes
+    # The checks read (on SQLite without the write lock, which every vote needs); the insert
+    # is a short write of its own. A duplicate written in between is caught by the unique
+    # index, below.
+    with write_intent(False):
+        user = require_user(actor)
+        round_ = _find_round(round_id)
+        require_round_viewer(user, round_)
+        if not can_participate(user, round_):
+            if user.role != Role.MEMBER and user.organisation_id is None:
+                raise NotAllowed("Staff without an organisation do not take part in rounds.")
+            raise NotAllowed("This round is not open to your organisation.")
+        # Imported lazily: rounds imports this module for the text helpers.
+        from .rounds import is_accepting_votes
 
-    if not is_accepting_votes(round_):
-        raise RoundClosed("This round is not open for statements now.")
-    if not round_.allow_member_statements:
-        raise NotAllowed("This round does not take statements from members.")
-    text = clean_text(text)
-    _check_text(round_, text)
-    key = normalise_text(text)
-    existing = _existing_id(round_.id, key)
-    if existing is not None:
-        raise DuplicateStatement(DUPLICATE_MESSAGE, existing)
+        if not is_accepting_votes(round_):
+            raise RoundClosed("This round is not open for statements now.")
+        if not round_.allow_member_statements:
+            raise NotAllowed("This round does not take statements from members.")
+        text = clean_text(text)
+        _check_text(round_, text)
+        key = normalise_text(text)
+        existing = _existing_id(round_.id, key)
+        if existing is not None:
+            raise DuplicateStatement(DUPLICATE_MESSAGE, existing)
+    end_read(db.session())
     statement = Statement(
         round_id=round_.id,
         text=text,
@@ -138,9 +144,10 @@ def submit_statement(actor: User | None, round_id: int, text: str) -> Statement:
         origin=StatementOrigin.MEMBER.value,
         moderation_state=StatementState.PENDING.value,
     )
-    db.session.add(statement)
     try:
-        db.session.commit()
+        with write_intent(True):
+            db.session.add(statement)
+            db.session.commit()
     except IntegrityError:
         # Someone wrote the same statement between our check and our insert.
         db.session.rollback()

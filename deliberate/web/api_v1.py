@@ -31,8 +31,7 @@ from ..services import statements as statements_service
 from ..services.authz import can_participate
 from ..services.errors import ValidationError
 from ..services.privacy import MIN_CELL
-from .api import reads_first
-from .decorators import actor
+from .decorators import actor, reads_first
 from .errors import error_response
 
 bp = Blueprint("api_v1", __name__)
@@ -385,6 +384,7 @@ def list_statements(round_id: int):
 
 
 @statement_limits()
+@reads_first  # the service takes SQLite's write lock for its insert only
 def post_statement(round_id: int):
     """Write a statement in the round (as the round's settings and moderation allow)."""
     body = _json_object(("text",), '{"text": "Bus fares should be free for under-18s."}')

@@ -15,7 +15,7 @@ from ..ratelimit import account_key, configured, statement_limits, vote_limits
 from ..services import statements as statements_service
 from ..services import voting
 from ..services.errors import DomainError
-from .decorators import actor, login_required
+from .decorators import actor, login_required, reads_first
 
 bp = Blueprint("member", __name__)
 
@@ -133,6 +133,7 @@ def my_votes(round_id: int):
 
 @bp.post("/rounds/<int:round_id>/statements")
 @statement_limits()
+@reads_first  # the service takes SQLite's write lock for its insert only
 @login_required
 def write_statement(round_id: int):
     """Submit the member's statement; on refusal show the page again with their text kept."""
