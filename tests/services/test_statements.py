@@ -24,6 +24,8 @@ from deliberate.services.errors import (
     RoundClosed,
     ValidationError,
 )
+from tests.conftest import only_sqlite
+from tests.lock_probe import WriteLockProbe
 
 
 @pytest.fixture
@@ -60,6 +62,22 @@ def test_normalise_text():
     # NFKC: full-width letters and ligatures compare equal to plain ones.
     assert statements.normalise_text("ＡＢＣ ﬁne") == "abc fine"
     assert statements.normalise_text("a\u00a0b") == "a b"
+
+
+@only_sqlite
+def test_a_statement_is_checked_without_holding_the_write_lock(db, round_, member, monkeypatch):
+    """The checks (round, audience, text, duplicates) read without SQLite's write lock, which
+    every vote needs; only the insert takes it."""
+    from deliberate.database import write_intent
+
+    round_id = round_.id
+    db.session.commit()  # the fixtures' reads end: the call below is what holds (or not)
+    probe = WriteLockProbe(db.engine.url.database, statements._existing_id)
+    monkeypatch.setattr(statements, "_existing_id", probe)
+    with write_intent(True):  # as in a POST request
+        statement = statements.submit_statement(member, round_id, "Share our legal aid")
+    assert probe.free == [True] and statement.id is not None
+    assert n_statements(db) == 2
 
 
 def test_submit_statement_pre_moderation_waits(db, round_, member):
