@@ -470,25 +470,30 @@ _EVENT_INSERT = DriverStatement(
 _VOTE_INSERTS: dict[str, DriverStatement] = {}
 
 
+def _new_vote(dialect: str, created: str, updated: str):
+    """INSERT of the member's vote ... ON CONFLICT (statement, member) DO NOTHING, for the
+    dialect; its timestamps from the parameters named `created` and `updated`."""
+    return (
+        _insert(_votes, dialect)
+        .values(
+            round_id=bindparam("round_id"),
+            statement_id=bindparam("statement_id"),
+            user_id=bindparam("user_id"),
+            value=bindparam("value"),
+            created_at=bindparam(created),
+            updated_at=bindparam(updated),
+        )
+        .on_conflict_do_nothing(index_elements=["statement_id", "user_id"])
+    )
+
+
 def _vote_insert(dialect: str) -> DriverStatement:
     """INSERT ... ON CONFLICT DO NOTHING RETURNING id, for the dialect."""
     statement = _VOTE_INSERTS.get(dialect)
     if statement is None:
-        statement = DriverStatement(
-            _insert(_votes, dialect)
-            .values(
-                round_id=bindparam("round_id"),
-                statement_id=bindparam("statement_id"),
-                user_id=bindparam("user_id"),
-                value=bindparam("value"),
-                created_at=bindparam("created_at"),
-                updated_at=bindparam("updated_at"),
-            )
-            .on_conflict_do_nothing(index_elements=["statement_id", "user_id"])
-            # RETURNING says whether a row went in: with it PostgreSQL's rowcount is -1.
-            .returning(_votes.c.id)
-        )
-        _VOTE_INSERTS[dialect] = statement
+        # RETURNING says whether a row went in: with it PostgreSQL's rowcount is -1.
+        new = _new_vote(dialect, "created_at", "updated_at").returning(_votes.c.id)
+        statement = _VOTE_INSERTS[dialect] = DriverStatement(new)
     return statement
 
 
@@ -502,19 +507,8 @@ def _first_vote_event_pg():
     """PostgreSQL: insert the vote unless the member has one on the statement, and its history
     row with it, in one statement (one round trip): the event is inserted from the RETURNING
     of the vote's insert, so only when the vote went in. Its RETURNING says whether it did."""
-    from sqlalchemy.dialects.postgresql import insert as pg_insert
-
     inserted = (
-        pg_insert(_votes)
-        .values(
-            round_id=bindparam("round_id"),
-            statement_id=bindparam("statement_id"),
-            user_id=bindparam("user_id"),
-            value=bindparam("value"),
-            created_at=bindparam("timestamp"),
-            updated_at=bindparam("timestamp"),
-        )
-        .on_conflict_do_nothing(index_elements=["statement_id", "user_id"])
+        _new_vote("postgresql", "timestamp", "timestamp")
         .returning(
             _votes.c.round_id,
             _votes.c.statement_id,
