@@ -553,6 +553,18 @@ _FIRST_VOTE_AND_CANDIDATES_PG = {
 }
 
 
+def _first_vote_row(round_: RoundInfo, statement_id: int, user, value: int) -> dict:
+    """The parameters of PostgreSQL's first-vote statements (_FIRST_VOTE_EVENT_PG and
+    _FIRST_VOTE_AND_CANDIDATES_PG)."""
+    return {
+        "round_id": round_.id,
+        "statement_id": statement_id,
+        "user_id": user.id,
+        "value": value,
+        "timestamp": utcnow(),
+    }
+
+
 def _insert_first_vote_pg(row: dict, conn: Connection | None = None) -> bool:
     """PostgreSQL: insert the vote and its history row unless the member has a vote on the
     statement (then nothing); whether they went in."""
@@ -595,7 +607,7 @@ def _progress(round_: Round | RoundInfo, user: User, conn: Connection | None = N
 class _Candidates(NamedTuple):
     statements: list[Candidate]
     progress: Progress
-    snapshot_id: object  # the round's latest snapshot id, None, or routing.UNKNOWN
+    snapshot_id: object  # the round's latest snapshot id, or None
 
 
 def _candidates(
@@ -724,13 +736,7 @@ def _record_vote(
         actor, statement_id, value, round_id=round_id, now=now, conn=conn
     )
     if conn.dialect.name != "sqlite":  # PostgreSQL: the vote and its history row at once
-        row = {
-            "round_id": round_.id,
-            "statement_id": statement_id,
-            "user_id": user.id,
-            "value": value,
-            "timestamp": utcnow(),
-        }
+        row = _first_vote_row(round_, statement_id, user, value)
         new = VoteResult(round_.id, statement_id, value, None, "new")
         if read_candidates:
             found = _insert_first_vote_and_read_candidates_pg(row, round_, user, conn)
@@ -1022,13 +1028,7 @@ def _vote_and_advance_pg_autocommit(
     user, round_, statement_id, value = _check_vote(
         member, statement_id, value, round_id=round_id, now=None, conn=conn
     )
-    row = {
-        "round_id": round_.id,
-        "statement_id": statement_id,
-        "user_id": user.id,
-        "value": value,
-        "timestamp": utcnow(),
-    }
+    row = _first_vote_row(round_, statement_id, user, value)
     found = _insert_first_vote_and_read_candidates_pg(row, round_, user, conn)
     if found is not None:
         result = VoteResult(round_.id, statement_id, value, None, "new")
