@@ -20,7 +20,7 @@ from ..services import accounts
 from ..services import personal_data as personal_data_service
 from ..services.errors import DomainError
 from ..services.passwords import MAX_PASSWORD_LENGTH
-from .decorators import actor, login_required, roles_required
+from .decorators import actor, login_required, reads_first, roles_required
 
 bp = Blueprint("account", __name__)
 
@@ -90,6 +90,7 @@ def download():
 @bp.route("/account/erase", methods=["GET", "POST"])
 @limiter.limit(ERASE_LIMIT, methods=["POST"], key_func=account_key)
 @limiter.limit(ERASE_LIMIT, methods=["POST"])
+@reads_first  # the service checks the password with nothing held, then takes the write lock
 @login_required
 def erase():
     """Show and handle the form erasing one's own account."""

@@ -32,7 +32,8 @@ from deliberate.services import accounts, exports, invitations, personal_data, r
 from deliberate.services.accounts import LoginFailed, WrongPassword
 from deliberate.services.errors import Conflict, NotAllowed, NotFound, ValidationError
 from deliberate.services.snapshots import refresh_snapshot
-from tests.conftest import PASSWORD
+from tests.conftest import PASSWORD, only_sqlite
+from tests.lock_probe import WriteLockProbe
 
 VICTIM_NAME = "Zelda Quixotic-Marlowe"
 VICTIM_EMAIL = "zelda.marlowe@example.org"
@@ -270,6 +271,33 @@ def test_erasing_needs_the_right_password_and_changes_nothing_otherwise(db, fact
     db.session.expire_all()
     assert db.session.get(User, member.id).email == VICTIM_EMAIL
     assert db.session.scalar(select(func.count()).select_from(AuditEvent)) == 0
+
+
+@only_sqlite
+@pytest.mark.parametrize("password", [PASSWORD, "not my password"])
+def test_erasing_checks_the_password_without_holding_the_write_lock(
+    db, factory, monkeypatch, password
+):
+    """The password check costs tens of milliseconds (scrypt): SQLite's write lock, which
+    every vote needs, must not be held meanwhile (the erasure is a POST)."""
+    from deliberate.database import write_intent
+
+    member = factory.user(Role.MEMBER, name=VICTIM_NAME, email=VICTIM_EMAIL)
+    member_id = member.id
+    db.session.commit()  # ends the transaction that wrote it (the test's writes as a POST's)
+    probe = WriteLockProbe(db.engine.url.database, personal_data.verify_password)
+    monkeypatch.setattr(personal_data, "verify_password", probe)
+    with write_intent(True):  # as in a POST request
+        if password == PASSWORD:
+            personal_data.erase_account(member, member_id, password=password)
+        else:
+            with pytest.raises(WrongPassword):
+                personal_data.erase_account(member, member_id, password=password)
+    assert probe.free == [True]
+    db.session.expire_all()
+    erased = db.session.get(User, member_id)
+    assert (erased.erased_at is not None) == (password == PASSWORD)
+    assert (erased.email == VICTIM_EMAIL) == (password != PASSWORD)
 
 
 def test_erasure_anonymises_the_account_and_ends_its_access(app, db, factory):

@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 
 from deliberate.models import AuditEvent, Role, Round, RoundState, Statement, User
 from deliberate.services import voting
-from tests.conftest import PASSWORD, login
+from tests.conftest import PASSWORD, login, only_sqlite
+from tests.lock_probe import WriteLockProbe
 
 XSS_NAME = '<script>alert("x")</script> Zoë'
 CSRF_META = re.compile(r'<meta name="csrf-token" content="([^"]+)"')
@@ -90,6 +91,25 @@ def test_erasing_own_account(client, db, member, login_as):
     assert again.status_code == 400  # the old email and password no longer work
     user = db.session.get(User, member.id)
     assert user.email.endswith("@erased.invalid") and user.name == "Erased member"
+
+
+@only_sqlite
+def test_erasing_checks_the_password_without_holding_the_write_lock(
+    client, db, member, login_as, monkeypatch
+):
+    """The erase form is a POST: its password check (scrypt, tens of milliseconds) must not
+    hold SQLite's write lock, which every vote needs; the anonymisation takes it after."""
+    from deliberate.services import personal_data
+
+    login_as(member)
+    member_id = member.id
+    db.session.commit()
+    probe = WriteLockProbe(db.engine.url.database, personal_data.verify_password)
+    monkeypatch.setattr(personal_data, "verify_password", probe)
+    response = client.post("/account/erase", data={"password": PASSWORD, "confirm": "yes"})
+    assert response.status_code == 303
+    assert probe.free == [True]
+    assert _erased(db, member_id)
 
 
 def test_erasing_ends_the_persons_other_sessions(app, db, member):
