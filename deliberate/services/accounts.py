@@ -10,7 +10,7 @@ import secrets
 from functools import lru_cache
 
 from email_validator import EmailNotValidError, validate_email
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
@@ -20,6 +20,7 @@ from ..models import ROLE_VALUES, Organisation, Role, User, utcnow
 from . import audit
 from .authz import require_facilitator, require_role
 from .errors import Conflict, DomainError, NotAllowed, NotFound, ValidationError
+from .pagination import Page, keyset_page, page_cursor
 from .passwords import check_password_rules, hash_password, verify_password
 from .rounds import is_valid_id
 
@@ -324,20 +325,73 @@ def _not_a_pseudonym():
     return User.email.not_like(f"%@{PSEUDONYM_DOMAIN}")
 
 
-def list_people(actor: User, organisation_id: int | None = None) -> list[User]:
-    """Return people by name, optionally of one organisation (facilitators and admins)."""
+PEOPLE_PAGE_SIZE = 100
+
+
+def _people_query(actor: User, organisation_id: int | None) -> Select | None:
     require_facilitator(actor)
-    query = (
-        select(User)
-        .options(selectinload(User.organisation))
-        .where(_not_a_pseudonym())
-        .order_by(func.lower(User.name), User.id)
-    )
+    query = select(User).where(_not_a_pseudonym())
     if organisation_id is not None:
         if not is_valid_id(organisation_id):  # beyond the id range: no such organisation
-            return []
+            return None
         query = query.where(User.organisation_id == organisation_id)
+    return query
+
+
+def _people_order():
+    return (func.lower(User.name), User.id)
+
+
+def list_people(actor: User, organisation_id: int | None = None) -> list[User]:
+    """Return people by name, optionally of one organisation (facilitators and admins).
+
+    All of them: pages use `people_page`.
+    """
+    query = _people_query(actor, organisation_id)
+    if query is None:
+        return []
+    query = query.options(selectinload(User.organisation)).order_by(*_people_order())
     return list(db.session.scalars(query))
+
+
+def people_page(
+    actor: User,
+    organisation_id: int | None = None,
+    *,
+    limit: int = PEOPLE_PAGE_SIZE,
+    after_id: int | None = None,
+    before_id: int | None = None,
+) -> Page[User]:
+    """Return a page of people by name, optionally of one organisation (facilitators and
+    admins). At most one cursor: `after_id` or `before_id`, a person's id; a cursor that is
+    not a listed person's gives the first page."""
+    query = _people_query(actor, organisation_id)
+    if query is None:
+        return Page([])
+    cursor, direction = page_cursor(after_id, before_id)
+    cursor_key = None
+    if cursor is not None:
+        # The key as the database computes it (lower() differs from str.lower beyond ASCII).
+        name = db.session.scalar(
+            query.with_only_columns(func.lower(User.name)).where(User.id == cursor)
+        )
+        cursor_key = None if name is None else (name, cursor)
+    return keyset_page(
+        query.options(selectinload(User.organisation)),
+        _people_order(),
+        limit=limit,
+        cursor=cursor,
+        cursor_key=cursor_key,
+        direction=direction,
+    )
+
+
+def count_people(actor: User, organisation_id: int | None = None) -> int:
+    """Return how many people `people_page` lists in all (facilitators and admins)."""
+    query = _people_query(actor, organisation_id)
+    if query is None:
+        return 0
+    return db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
 
 
 def get_person(actor: User, user_id: int) -> User:

@@ -41,6 +41,7 @@ from ..models import (
 from . import audit
 from .authz import can_view_round, require_facilitator, require_round_viewer, require_user
 from .errors import Conflict, NotFound, ValidationError
+from .pagination import Page, keyset_page, page_cursor
 
 QUESTION_MIN, QUESTION_MAX = 5, 500
 CONTEXT_MAX = 20_000
@@ -48,6 +49,7 @@ LENGTH_MIN, LENGTH_MAX = 20, 2000
 SEED_MAX_LINES = 1000
 # No split of votes is shown for fewer people than this: it would reveal individual votes.
 MIN_BREAKDOWN = 3
+ROUND_STATEMENTS_PAGE_SIZE = 100  # statements per page of the facilitator's round page
 
 # Settings that cannot change once the round has votes: they change what a vote means.
 LOCKED_ONCE_VOTED = ("question", "moderation", "organisation_ids")
@@ -311,29 +313,31 @@ def _participation(round_: Round) -> Participation:
     )
 
 
-def round_overview(actor: User | None, round_id: int) -> RoundOverview:
-    """Return a round with its statements, their vote counts and participation (facilitators)."""
-    require_facilitator(actor)
-    round_ = _load(round_id)
-    tallies = {
-        sid: (n, agree, disagree, passes)
-        for sid, n, agree, disagree, passes in db.session.execute(
-            select(
-                Vote.statement_id,
-                func.count(),
-                func.sum((Vote.value == 1).cast(db.Integer)),
-                func.sum((Vote.value == -1).cast(db.Integer)),
-                func.sum((Vote.value == 0).cast(db.Integer)),
-            )
-            .where(Vote.round_id == round_.id)
-            .group_by(Vote.statement_id)
-        ).all()
-    }
-    statements = db.session.scalars(
-        select(Statement)
-        .where(Statement.round_id == round_.id)
-        .options(selectinload(Statement.revisions))
-        .order_by(Statement.id)
+def _statement_rows(
+    round_: Round, statements: Iterable[Statement], ids: list[int] | None = None
+) -> list[StatementRow]:
+    """The rows of `statements` with their vote counts (the breakdown from MIN_BREAKDOWN
+    votes); `ids`: count the votes of these statements only (None: the whole round's)."""
+    query = (
+        select(
+            Vote.statement_id,
+            func.count(),
+            func.sum((Vote.value == 1).cast(db.Integer)),
+            func.sum((Vote.value == -1).cast(db.Integer)),
+            func.sum((Vote.value == 0).cast(db.Integer)),
+        )
+        .where(Vote.round_id == round_.id)
+        .group_by(Vote.statement_id)
+    )
+    if ids is not None:
+        query = query.where(Vote.statement_id.in_(ids))
+    tallies = (
+        {}
+        if ids == []
+        else {
+            sid: (n, agree, disagree, passes)
+            for sid, n, agree, disagree, passes in db.session.execute(query).all()
+        }
     )
     rows = []
     for s in statements:
@@ -342,12 +346,65 @@ def round_overview(actor: User | None, round_id: int) -> RoundOverview:
             rows.append(StatementRow(s, n, None, None, None))
         else:
             rows.append(StatementRow(s, n, agree or 0, disagree or 0, passes or 0))
+    return rows
+
+
+def _statements_query(round_: Round):
+    return (
+        select(Statement)
+        .where(Statement.round_id == round_.id)
+        .options(selectinload(Statement.revisions))
+    )
+
+
+def round_overview(actor: User | None, round_id: int) -> RoundOverview:
+    """Return a round with its statements, their vote counts and participation (facilitators).
+
+    Every statement: the round page uses `round_overview_page`."""
+    require_facilitator(actor)
+    round_ = _load(round_id)
+    rows = _statement_rows(
+        round_, db.session.scalars(_statements_query(round_).order_by(Statement.id))
+    )
     return RoundOverview(
         round=round_,
         statements=rows,
         participation=_participation(round_),
-        has_votes=bool(tallies),
+        has_votes=any(row.votes for row in rows),
     )
+
+
+def round_overview_page(
+    actor: User | None,
+    round_id: int,
+    *,
+    limit: int = ROUND_STATEMENTS_PAGE_SIZE,
+    after_id: int | None = None,
+    before_id: int | None = None,
+) -> tuple[RoundOverview, Page[StatementRow]]:
+    """Return (overview, page): `round_overview` with one page of its statement rows, by id,
+    with the vote counts of those statements only (facilitators)."""
+    from .statements import statement_cursor  # statements imports this module
+
+    require_facilitator(actor)
+    round_ = _load(round_id)
+    cursor, direction = page_cursor(after_id, before_id)
+    page = keyset_page(
+        _statements_query(round_),
+        (Statement.id,),
+        limit=limit,
+        cursor=cursor,
+        cursor_key=statement_cursor(round_.id, cursor),
+        direction=direction,
+    )
+    rows = _statement_rows(round_, page.items, [s.id for s in page.items])
+    overview = RoundOverview(
+        round=round_,
+        statements=rows,
+        participation=_participation(round_),
+        has_votes=has_votes(round_),
+    )
+    return overview, Page(rows, after=page.after, before=page.before)
 
 
 # --- validation ------------------------------------------------------------------------

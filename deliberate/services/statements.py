@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import unicodedata
 
-from sqlalchemy import ColumnElement, and_, or_, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
@@ -37,10 +37,12 @@ from ..models import (
 from . import audit
 from .authz import can_participate, require_facilitator, require_round_viewer, require_user
 from .errors import Conflict, DuplicateStatement, NotAllowed, NotFound, RoundClosed, ValidationError
+from .pagination import Page, keyset_page, page_cursor
 
 REASON_MAX = 500
 DUPLICATE_MESSAGE = "This statement already exists in this round."
 QUEUE_STATES = ("pending", "accepted", "rejected", "all")
+MODERATION_PAGE_SIZE = 50
 
 
 def _valid_id(value: object) -> bool:
@@ -155,6 +157,16 @@ def submit_statement(actor: User | None, round_id: int, text: str) -> Statement:
     return statement
 
 
+def statement_cursor(round_id: int, cursor: int | None) -> tuple[int] | None:
+    """Return the id sort key of a cursor that is a statement of the round, else None."""
+    if cursor is None:
+        return None
+    found = db.session.scalar(
+        select(Statement.id).where(Statement.id == cursor, Statement.round_id == round_id)
+    )
+    return None if found is None else (found,)
+
+
 # --- moderation ------------------------------------------------------------------------
 
 
@@ -171,8 +183,7 @@ def get_statement(actor: User | None, statement_id: int) -> Statement:
     return _load_statement(statement_id)
 
 
-def moderation_queue(actor: User | None, round_id: int, state: str = "pending") -> list[Statement]:
-    """Return the round's statements in a moderation state, oldest first (facilitators)."""
+def _queue_query(actor: User | None, round_id: int, state: str) -> Select:
     require_facilitator(actor)
     round_ = _find_round(round_id)
     if round_ is None:
@@ -182,11 +193,68 @@ def moderation_queue(actor: User | None, round_id: int, state: str = "pending") 
     query = select(Statement).where(Statement.round_id == round_.id)
     if state != "all":
         query = query.where(Statement.moderation_state == state)
-    query = query.options(
+    return query
+
+
+_QUEUE_ORDER = (Statement.created_at, Statement.id)
+
+
+def _queue_options():
+    return (
         selectinload(Statement.revisions),
         selectinload(Statement.author).selectinload(User.organisation),
     )
-    return list(db.session.scalars(query.order_by(Statement.created_at, Statement.id)))
+
+
+def moderation_queue(actor: User | None, round_id: int, state: str = "pending") -> list[Statement]:
+    """Return the round's statements in a moderation state, oldest first (facilitators).
+
+    All of them: pages use `moderation_page`.
+    """
+    query = _queue_query(actor, round_id, state).options(*_queue_options())
+    return list(db.session.scalars(query.order_by(*_QUEUE_ORDER)))
+
+
+def moderation_page(
+    actor: User | None,
+    round_id: int,
+    state: str = "pending",
+    *,
+    limit: int = MODERATION_PAGE_SIZE,
+    after_id: int | None = None,
+    before_id: int | None = None,
+    from_id: int | None = None,
+) -> Page[Statement]:
+    """Return a page of the moderation queue, oldest first (facilitators).
+
+    At most one cursor: `after_id` (the page after that statement), `before_id` (the page
+    before it) or `from_id` (the page starting with it). A cursor that is not a statement of
+    the round gives the first page.
+    """
+    query = _queue_query(actor, round_id, state)
+    cursor, direction = page_cursor(after_id, before_id, from_id)
+    cursor_key = None
+    if cursor is not None:
+        created_at = db.session.scalar(
+            select(Statement.created_at).where(
+                Statement.id == cursor, Statement.round_id == round_id
+            )
+        )
+        cursor_key = None if created_at is None else (created_at, cursor)
+    return keyset_page(
+        query.options(*_queue_options()),
+        _QUEUE_ORDER,
+        limit=limit,
+        cursor=cursor,
+        cursor_key=cursor_key,
+        direction=direction,
+    )
+
+
+def count_moderation_queue(actor: User | None, round_id: int, state: str = "pending") -> int:
+    """Return how many of the round's statements are in a moderation state (facilitators)."""
+    query = _queue_query(actor, round_id, state)
+    return db.session.scalar(select(func.count()).select_from(query.subquery())) or 0
 
 
 def _moderate(user: User, statement: Statement, state: StatementState, reason: str | None) -> None:
@@ -370,16 +438,20 @@ def set_meta(actor: User | None, statement_id: int, is_meta: bool) -> Statement:
 
 
 __all__ = [
+    "MODERATION_PAGE_SIZE",
     "accept_statement",
     "clean_text",
     "correct_statement",
+    "count_moderation_queue",
     "get_statement",
     "is_visible",
     "merge_statement",
+    "moderation_page",
     "moderation_queue",
     "normalise_text",
     "reject_statement",
     "set_meta",
+    "statement_cursor",
     "submit_statement",
     "visible_statement_filter",
 ]

@@ -54,11 +54,13 @@ from ..models import (
 from . import routing
 from .authz import can_participate, can_view_round, require_user
 from .errors import NotAllowed, NotAuthenticated, NotFound, RoundClosed, ValidationError
+from .pagination import Page, keyset_page, page_cursor
 from .rounds import is_accepting_votes
-from .statements import visible_statement_filter
+from .statements import statement_cursor, visible_statement_filter
 
 BAD_VALUE_MESSAGE = "A vote is agree (1), pass (0) or disagree (-1)."
 ROUND_CLOSED_MESSAGE = "This round is not open for voting."
+VOTES_PAGE_SIZE = 100  # the member's votes page
 
 VoteStatus = Literal["new", "changed", "unchanged"]
 
@@ -1247,6 +1249,36 @@ def progress(actor: User, round_id: int) -> Progress:
     """Count the statements offered to the member and how many of them they voted on."""
     user, round_ = _load_round(actor, round_id)
     return _progress(round_, user)
+
+
+def member_votes_page(
+    actor: User,
+    round_id: int,
+    *,
+    limit: int = VOTES_PAGE_SIZE,
+    after_id: int | None = None,
+    before_id: int | None = None,
+) -> Page[tuple[Statement, int]]:
+    """Return a page of the member's votes on statements still visible in the round, oldest
+    statement first, as (statement, value): the rows of `my_votes`, one page of them."""
+    user, round_ = _load_round(actor, round_id)
+    query = (
+        select(Statement, Vote.value)
+        .join(Vote, and_(Vote.statement_id == Statement.id, Vote.user_id == user.id))
+        .where(_offered_filter(round_, user))
+    )
+    cursor, direction = page_cursor(after_id, before_id)
+    page = keyset_page(
+        query,
+        (Statement.id,),
+        limit=limit,
+        cursor=cursor,
+        cursor_key=statement_cursor(round_.id, cursor),
+        direction=direction,
+        id_of=lambda row: row[0].id,
+        rows=lambda q: db.session.execute(q).all(),
+    )
+    return Page([(s, v) for s, v in page.items], after=page.after, before=page.before)
 
 
 def my_votes(actor: User, round_id: int) -> list[tuple[Statement, int]]:

@@ -43,6 +43,8 @@ facilitator_only = roles_required("facilitator")
 
 DATETIME_FORMAT = "%Y-%m-%dT%H:%M"
 AUDIT_PAGE_SIZE = 50
+MODERATION_PAGE_SIZE = statements_service.MODERATION_PAGE_SIZE
+ROUND_STATEMENTS_PAGE_SIZE = rounds_service.ROUND_STATEMENTS_PAGE_SIZE
 
 MODERATION_CHOICES = [
     ("pre", "Before: members' statements wait for a facilitator before anyone sees them"),
@@ -218,16 +220,27 @@ def new_round():
 @bp.get("/rounds/<int:round_id>")
 @facilitator_only
 def round_detail(round_id: int):
-    """Show a round: settings, state buttons, seed form, statements and participation."""
-    return _render_round(round_id)
+    """Show a round: settings, state buttons, seed form, a page of statements, participation."""
+    return _render_round(
+        round_id, after=_cursor(request.args, "after"), before=_cursor(request.args, "before")
+    )
 
 
-def _render_round(round_id: int, seed_form: SeedForm | None = None, status: int = 200):
-    overview = rounds_service.round_overview(actor(), round_id)
+def _render_round(
+    round_id: int,
+    seed_form: SeedForm | None = None,
+    status: int = 200,
+    after: int | None = None,
+    before: int | None = None,
+):
+    overview, page = rounds_service.round_overview_page(
+        actor(), round_id, limit=ROUND_STATEMENTS_PAGE_SIZE, after_id=after, before_id=before
+    )
     return (
         render_template(
             "facilitate/round.html",
             overview=overview,
+            page=page,
             round=overview.round,
             seed_form=seed_form or SeedForm(formdata=None),
             state_action=STATE_ACTIONS.get(RoundState(overview.round.state)),
@@ -340,32 +353,68 @@ def _queue_state(value: str | None) -> str:
     return value if value in statements_service.QUEUE_STATES else "pending"
 
 
+def _cursor(values, name: str) -> int | None:
+    """Return a page cursor (a row id) from query or form values; anything else is None."""
+    value = values.get(name, type=int)
+    return value if rounds_service.is_valid_id(value) else None
+
+
+def _queue_cursor(values) -> dict:
+    """Return the moderation page's cursor from query or form values: after, before or at."""
+    for name in ("after", "before", "at"):
+        value = _cursor(values, name)
+        if value is not None:
+            return {name: value}
+    return {}
+
+
 @bp.get("/rounds/<int:round_id>/moderation")
 @facilitator_only
 def moderation(round_id: int):
-    """Show the moderation queue of a round."""
-    return _render_queue(round_id, _queue_state(request.args.get("state")))
+    """Show a page of the moderation queue of a round."""
+    return _render_queue(
+        round_id, _queue_state(request.args.get("state")), cursor=_queue_cursor(request.args)
+    )
 
 
-def _render_queue(round_id: int, state: str, status: int = 200, drafts: dict | None = None):
+def _render_queue(
+    round_id: int,
+    state: str,
+    status: int = 200,
+    drafts: dict | None = None,
+    cursor: dict | None = None,
+):
+    cursor = cursor or {}
     round_ = rounds_service.get_round(actor(), round_id)
-    queue = statements_service.moderation_queue(actor(), round_id, state)
+    page = statements_service.moderation_page(
+        actor(),
+        round_id,
+        state,
+        limit=MODERATION_PAGE_SIZE,
+        after_id=cursor.get("after"),
+        before_id=cursor.get("before"),
+        from_id=cursor.get("at"),
+    )
+    total = statements_service.count_moderation_queue(actor(), round_id, state)
     pending = (
-        len(queue)
+        total
         if state == "pending"
-        else len(statements_service.moderation_queue(actor(), round_id, "pending"))
+        else statements_service.count_moderation_queue(actor(), round_id, "pending")
     )
     # Once per page, for the whole round; rejected statements are never flagged.
     near = (
         duplicates_service.round_near_duplicates(actor(), round_id)
-        if queue and state != "rejected"
+        if page.items and state != "rejected"
         else {}
     )
     return (
         render_template(
             "facilitate/moderation.html",
             round=round_,
-            queue=queue,
+            queue=page.items,
+            page=page,
+            cursor=cursor,
+            total=total,
             state=state,
             pending=pending,
             drafts=drafts or {},
@@ -375,8 +424,11 @@ def _render_queue(round_id: int, state: str, status: int = 200, drafts: dict | N
     )
 
 
-def _back_to_queue(round_id: int, state: str | None):
-    return redirect(url_for(".moderation", round_id=round_id, state=_queue_state(state)), 303)
+def _back_to_queue(round_id: int, state: str | None, cursor: dict | None = None):
+    return redirect(
+        url_for(".moderation", round_id=round_id, state=_queue_state(state), **(cursor or {})),
+        303,
+    )
 
 
 def _statement_round_id(statement_id: int) -> int:
@@ -390,13 +442,14 @@ def accept(statement_id: int):
     form = BackForm()
     round_id = _statement_round_id(statement_id)
     state = _queue_state(form.state.data)
+    cursor = _queue_cursor(request.form)
     try:
         statements_service.accept_statement(actor(), statement_id)
     except Conflict as error:
         flash(error.message, "error")
-        return _render_queue(round_id, state, error.status_code)
+        return _render_queue(round_id, state, error.status_code, cursor=cursor)
     flash("Statement accepted: voters can see it.", "success")
-    return _back_to_queue(round_id, state)
+    return _back_to_queue(round_id, state, cursor)
 
 
 @bp.post("/statements/<int:statement_id>/reject")
@@ -406,6 +459,7 @@ def reject(statement_id: int):
     form = RejectForm()
     round_id = _statement_round_id(statement_id)
     state = _queue_state(form.state.data)
+    cursor = _queue_cursor(request.form)
     try:
         if not form.validate():
             raise ValidationError(_first_error(form))
@@ -413,10 +467,14 @@ def reject(statement_id: int):
     except (ValidationError, Conflict) as error:
         flash(error.message, "error")
         return _render_queue(
-            round_id, state, error.status_code, {("reason", statement_id): form.reason.data}
+            round_id,
+            state,
+            error.status_code,
+            {("reason", statement_id): form.reason.data},
+            cursor,
         )
     flash("Statement rejected: voters no longer see it.", "success")
-    return _back_to_queue(round_id, state)
+    return _back_to_queue(round_id, state, cursor)
 
 
 @bp.post("/statements/<int:statement_id>/correct")
@@ -426,6 +484,7 @@ def correct(statement_id: int):
     form = CorrectForm()
     round_id = _statement_round_id(statement_id)
     state = _queue_state(form.state.data)
+    cursor = _queue_cursor(request.form)
     try:
         if not form.validate():
             raise ValidationError(_first_error(form))
@@ -433,10 +492,10 @@ def correct(statement_id: int):
     except (ValidationError, Conflict) as error:
         flash(error.message, "error")
         return _render_queue(
-            round_id, state, error.status_code, {("text", statement_id): form.text.data}
+            round_id, state, error.status_code, {("text", statement_id): form.text.data}, cursor
         )
     flash("Statement corrected; the original text is kept.", "success")
-    return _back_to_queue(round_id, state)
+    return _back_to_queue(round_id, state, cursor)
 
 
 @bp.post("/statements/<int:statement_id>/merge")
@@ -446,6 +505,7 @@ def merge(statement_id: int):
     form = MergeForm()
     round_id = _statement_round_id(statement_id)
     state = _queue_state(form.state.data)
+    cursor = _queue_cursor(request.form)
     try:
         if not form.validate():
             raise ValidationError(_first_error(form))
@@ -453,12 +513,14 @@ def merge(statement_id: int):
     except (ValidationError, Conflict, NotFound) as error:
         flash(error.message, "error")
         draft = request.form.get("into", "")[:20]
-        return _render_queue(round_id, state, error.status_code, {("into", statement_id): draft})
+        return _render_queue(
+            round_id, state, error.status_code, {("into", statement_id): draft}, cursor
+        )
     flash(
         f"Statement #{merged.id} merged into #{form.into.data}: voters no longer see it.",
         "success",
     )
-    return _back_to_queue(round_id, state)
+    return _back_to_queue(round_id, state, cursor)
 
 
 # --- audit log -------------------------------------------------------------------------

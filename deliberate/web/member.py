@@ -11,6 +11,7 @@ from flask_wtf import FlaskForm
 from wtforms import HiddenField, IntegerField, TextAreaField
 from wtforms.validators import InputRequired, Optional
 
+from ..models import is_valid_id
 from ..ratelimit import account_key, configured, statement_limits, vote_limits
 from ..services import statements as statements_service
 from ..services import voting
@@ -25,6 +26,7 @@ bp = Blueprint("member", __name__)
 user_rate_key = account_key
 VOTE_RATE_LIMIT = configured("RATELIMIT_VOTE")
 STATEMENT_RATE_LIMIT = configured("RATELIMIT_STATEMENT")
+VOTES_PAGE_SIZE = voting.VOTES_PAGE_SIZE
 
 
 class VoteForm(FlaskForm):
@@ -93,9 +95,10 @@ def vote(round_id: int):
     """Record a vote from the plain HTML form, then redirect back (Post/Redirect/Get)."""
     form = VoteForm()
     back_to_votes = request.form.get("next") == "votes"
+    place = _votes_cursor(request.form) if back_to_votes else {}
     if not form.validate():
         flash(_vote_form_error(form), "error")
-        return _back(round_id, back_to_votes)
+        return _back(round_id, back_to_votes, place=place)
     try:
         result = voting.cast_vote(
             actor(), form.statement_id.data, form.value.data, round_id=round_id
@@ -104,29 +107,52 @@ def vote(round_id: int):
         raise
     except DomainError as error:
         flash(error.message, "error")
-        return _back(round_id, back_to_votes)
+        return _back(round_id, back_to_votes, place=place)
     flash("Vote changed." if result.changed else "Vote recorded.", "success")
-    return _back(round_id, back_to_votes, statement_id=result.statement_id)
+    return _back(round_id, back_to_votes, statement_id=result.statement_id, place=place)
 
 
-def _back(round_id: int, to_votes: bool, statement_id: int | None = None):
+def _back(
+    round_id: int, to_votes: bool, statement_id: int | None = None, place: dict | None = None
+):
     if to_votes:
         anchor = f"statement-{statement_id}" if statement_id else None
-        return redirect(url_for("member.my_votes", round_id=round_id, _anchor=anchor), code=303)
+        return redirect(
+            url_for("member.my_votes", round_id=round_id, _anchor=anchor, **(place or {})),
+            code=303,
+        )
     return redirect(url_for("member.round_page", round_id=round_id), code=303)
+
+
+def _votes_cursor(values) -> dict:
+    """Return the votes page's cursor from query or form values: after or before (an id)."""
+    for name in ("after", "before"):
+        value = values.get(name, type=int)
+        if is_valid_id(value):
+            return {name: value}
+    return {}
 
 
 @bp.get("/rounds/<int:round_id>/votes")
 @login_required
 def my_votes(round_id: int):
-    """List the member's votes in the round, each with buttons to change it."""
+    """List a page of the member's votes in the round, each with buttons to change it."""
     page = voting.voting_page(actor(), round_id)
-    votes = voting.my_votes(actor(), round_id)
+    place = _votes_cursor(request.args)
+    votes = voting.member_votes_page(
+        actor(),
+        round_id,
+        limit=VOTES_PAGE_SIZE,
+        after_id=place.get("after"),
+        before_id=place.get("before"),
+    )
     return render_template(
         "member/votes.html",
         page=page,
         round=page.round,
-        votes=votes,
+        votes=votes.items,
+        votes_page=votes,
+        place=place,
         author_label=voting.author_label,
     )
 

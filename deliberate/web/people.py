@@ -10,7 +10,7 @@ from flask_wtf.file import FileField
 from wtforms import HiddenField, SelectField, StringField, SubmitField, TextAreaField
 from wtforms.validators import AnyOf, DataRequired, Length, Optional
 
-from ..models import ROLE_VALUES, Role
+from ..models import ROLE_VALUES, Role, is_valid_id
 from ..services import accounts, invitations
 from ..services.errors import Conflict, DomainError, ValidationError
 from .decorators import actor, roles_required
@@ -27,6 +27,7 @@ def _choice(value, label: str):
     return SelectChoice(value, label) if SelectChoice is not None else (value, label)
 
 
+PEOPLE_PAGE_SIZE = accounts.PEOPLE_PAGE_SIZE
 MAX_CSV_TEXT = 1_500_000  # characters; the request body limit applies as well
 
 
@@ -85,19 +86,39 @@ def _read_csv(form: InviteForm) -> str:
     return text
 
 
+def _cursor(name: str, values=None) -> int | None:
+    """Return a page cursor (a person's id) from the query string; anything else is None."""
+    value = (request.args if values is None else values).get(name, type=int)
+    return value if is_valid_id(value) else None
+
+
+def _back_to_people():
+    """Redirect to the page of people the form was sent from (its filter and cursor)."""
+    place = {name: _cursor(name, request.form) for name in ("organisation", "after", "before")}
+    return redirect(url_for("people.index", **place), code=303)
+
+
 @bp.get("/")
 @roles_required(Role.FACILITATOR.value)
 def index():
-    """List people and organisations."""
+    """List a page of people, and the organisations."""
     user = actor()
     organisation_id = request.args.get("organisation", type=int)
-    people = accounts.list_people(user, organisation_id)
+    after, before = _cursor("after"), _cursor("before")
+    page = accounts.people_page(
+        user, organisation_id, limit=PEOPLE_PAGE_SIZE, after_id=after, before_id=before
+    )
+    # Where the forms on the page send the browser back to after a change.
+    place = {"after": after} if after is not None else {"before": before} if before else {}
     organisations = accounts.list_organisations(user)
     counts = accounts.count_members_by_organisation(user)
     selected = next((o for o in organisations if o.id == organisation_id), None)
     return render_template(
         "people/index.html",
-        people=people,
+        people=page.items,
+        page=page,
+        place=place,
+        total=accounts.count_people(user, organisation_id),
         organisations=organisations,
         counts=counts,
         selected=selected,
@@ -139,12 +160,12 @@ def reset_link(user_id: int):
     """Issue a password-reset link for a person and show it once."""
     if not ConfirmForm().validate_on_submit():
         flash("The form expired; please try again.", "error")
-        return redirect(url_for("people.index"), code=303)
+        return _back_to_people()
     try:
         link = invitations.issue_password_reset(actor(), user_id, request.url_root)
     except (ValidationError, Conflict) as error:
         flash(error.message, "error")
-        return redirect(url_for("people.index"), code=303)
+        return _back_to_people()
     person = accounts.get_person(actor(), user_id)
     return render_template("people/reset_link.html", link=link, person=person)
 
@@ -156,14 +177,14 @@ def set_role(user_id: int):
     form = RoleForm()
     if not form.validate_on_submit():
         flash("Choose one of the roles.", "error")
-        return redirect(url_for("people.index"), code=303)
+        return _back_to_people()
     try:
         user = accounts.set_role(actor(), user_id, form.role.data)
     except (ValidationError, Conflict) as error:
         flash(error.message, "error")
-        return redirect(url_for("people.index"), code=303)
+        return _back_to_people()
     flash(f"{user.name} is now {user.role}.", "success")
-    return redirect(url_for("people.index"), code=303)
+    return _back_to_people()
 
 
 @bp.post("/<int:user_id>/active")
@@ -173,14 +194,14 @@ def set_active(user_id: int):
     form = ActiveForm()
     if not form.validate_on_submit():
         flash("Say whether to activate or deactivate the account.", "error")
-        return redirect(url_for("people.index"), code=303)
+        return _back_to_people()
     try:
         user = accounts.set_active(actor(), user_id, form.active.data == "1")
     except (ValidationError, Conflict) as error:
         flash(error.message, "error")
-        return redirect(url_for("people.index"), code=303)
+        return _back_to_people()
     flash(f"{user.name}'s account is {'active' if user.active else 'deactivated'}.", "success")
-    return redirect(url_for("people.index"), code=303)
+    return _back_to_people()
 
 
 @bp.post("/organisations")
