@@ -8,6 +8,8 @@ through these variables:
 - DELIBERATE_WEB_PROCESSES (default 2): gunicorn worker processes, one per core.
 - DELIBERATE_WEB_THREADS (default 8): request threads per process (gthread).
 - DELIBERATE_ACCESS_LOG (default "-", standard output; "" turns it off).
+- DELIBERATE_WEB_CPU_AFFINITY (default "auto"): with at least as many processes as CPUs, each
+  process runs on a CPU of its own (see pre_fork); "off" leaves the placement to the kernel.
 
 The module is named explicitly (`-c python:deliberate.serving`) rather than being a
 `gunicorn.conf.py` in the working directory, which gunicorn would load silently into every
@@ -19,7 +21,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from deliberate.worker import EXTENSION_KEY, NUMERIC_THREAD_VARIABLES
+from deliberate.worker import EXTENSION_KEY, NUMERIC_THREAD_VARIABLES, pin_process_to
 
 # Before the app (and so numpy) is loaded in the master, and so inherited by every worker
 # process: one BLAS/OpenMP thread each. Two processes on two cores, plus the analysis thread,
@@ -100,6 +102,7 @@ def check_schema(app) -> None:
 
 
 def on_starting(server) -> None:
+    cpu_affinity_mode()  # a wrong value stops the server at once
     app = _flask_app(server)
     if app is not None:
         check_schema(app)
@@ -111,8 +114,56 @@ def on_starting(server) -> None:
         )
 
 
+AFFINITY_MODES = ("auto", "off")
+
+
+def cpu_affinity_mode() -> str:
+    mode = os.environ.get("DELIBERATE_WEB_CPU_AFFINITY", "auto").strip().lower() or "auto"
+    if mode not in AFFINITY_MODES:
+        raise SystemExit(
+            f"deliberate: DELIBERATE_WEB_CPU_AFFINITY must be one of {', '.join(AFFINITY_MODES)},"
+            f" not {mode!r}"
+        )
+    return mode
+
+
+def pins_processes(workers: int, cpus: int) -> bool:
+    """Whether the web processes get a CPU each: only with at least as many processes as
+    CPUs (one process on two CPUs keeps both: SQLite and numpy work outside the GIL)."""
+    return cpu_affinity_mode() == "auto" and cpus > 1 and workers >= cpus
+
+
+def choose_cpu(cpus: list[int], taken: list[int | None]) -> int:
+    """The CPU for a new web process: the one fewest live processes run on (the first such),
+    so that a process replaced after a crash takes the place its predecessor left."""
+    load = dict.fromkeys(cpus, 0)
+    for cpu in taken:
+        if cpu in load:
+            load[cpu] += 1
+    return min(cpus, key=lambda cpu: load[cpu])
+
+
+def pre_fork(server, worker) -> None:
+    """Give the process about to start a CPU of its own (in the master, which knows the others).
+
+    Each gunicorn process runs Python one thread at a time (the GIL); on a CPU of its own its
+    threads hand the GIL to each other on that CPU, instead of waking each other across CPUs
+    and moving between them with their caches. Measured in bench/README-load.md.
+    """
+    if not hasattr(os, "sched_setaffinity"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if pins_processes(server.cfg.workers, len(cpus)):
+        taken = [getattr(w, "deliberate_cpu", None) for w in server.WORKERS.values()]
+        worker.deliberate_cpu = choose_cpu(cpus, taken)
+
+
 def post_fork(server, worker) -> None:
-    """Drop database connections inherited from the master (none are expected)."""
+    """Pin the new process to its CPU; drop database connections inherited from the master
+    (none are expected)."""
+    cpu = getattr(worker, "deliberate_cpu", None)
+    if cpu is not None:
+        pin_process_to(cpu)
     app = _flask_app(server)
     if app is None:
         return

@@ -82,6 +82,28 @@ def pin_numeric_threads() -> bool:
     return True
 
 
+# The CPUs this process could use before serving.post_fork pinned it to one (None: not pinned).
+_cpus_before_pinning: set[int] | None = None
+
+
+def pin_process_to(cpu: int) -> None:
+    """Run this (just forked, single-threaded) process on one CPU; the threads it starts later
+    inherit it. The analysis thread goes back to the CPUs the process had (see run)."""
+    global _cpus_before_pinning
+    _cpus_before_pinning = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+
+
+def _unpin_this_thread() -> None:
+    """Let the calling thread (the analysis) run on every CPU the process had before pinning:
+    on Linux an affinity belongs to a thread, so the web threads stay where they are."""
+    if _cpus_before_pinning:
+        try:
+            os.sched_setaffinity(0, _cpus_before_pinning)
+        except OSError:  # pragma: no cover - the CPUs were taken away meanwhile
+            log.warning("analysis thread: could not widen its CPU affinity", exc_info=True)
+
+
 class AnalysisWorker:
     """The worker loop over one app; `run` in the foreground or `start` a daemon thread."""
 
@@ -269,6 +291,8 @@ class AnalysisWorker:
     def run(self) -> None:
         """Loop until `stop()`: check about every second, refresh what is due."""
         log.info("analysis worker started (debounce %.1f s)", self.debounce)
+        if self.thread is threading.current_thread():
+            _unpin_this_thread()
         while not self.stop_event.is_set():
             try:
                 self.apply_schedule()
