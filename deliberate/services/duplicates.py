@@ -196,13 +196,58 @@ def _typo_word_pairs(vocabulary: Iterable[str]) -> list[tuple[str, str]]:
     return sorted(pairs)
 
 
+def _jaccard_candidates(
+    sets: list[frozenset[str]], postings: dict[str, list[int]], wanted: set[int] | None
+) -> dict[tuple[int, int], bool]:
+    """1. The pairs (i < j) that may share JACCARD_THRESHOLD of their words (with False: no
+    typo pair known yet), by prefix filtering; with `wanted`, only the pairs of those.
+
+    A statement's words are ordered rarest first (then alphabetically: a fixed order). Two sets
+    with Jaccard >= t share a word within each one's first |A| - ceil(t |A|) + 1 words, and the
+    size of the other lies between t |A| and |A| / t.
+    """
+    threshold = JACCARD_THRESHOLD
+    candidates: dict[tuple[int, int], bool] = {}
+
+    def prefix(a: frozenset[str]) -> list[str]:
+        ordered = sorted(a, key=lambda w: (len(postings[w]), w))
+        return ordered[: len(a) - math.ceil(threshold * len(a)) + 1]
+
+    if wanted is not None:  # each wanted statement against every other, by the full postings
+        for i in sorted(wanted):
+            a = sets[i]
+            smallest, largest = math.ceil(threshold * len(a)), math.floor(len(a) / threshold)
+            for w in prefix(a):
+                for j in postings[w]:
+                    if j != i and smallest <= len(sets[j]) <= largest:
+                        candidates.setdefault((j, i) if j < i else (i, j), False)
+        return candidates
+    # The whole set: statements in order of size, so that each is looked up among the smaller
+    # ones already indexed (by their prefixes) and the size filter only has to look back.
+    index: dict[str, list[int]] = defaultdict(list)
+    for i in sorted(range(len(sets)), key=lambda i: (len(sets[i]), i)):
+        a = sets[i]
+        smallest = math.ceil(threshold * len(a))
+        for w in prefix(a):
+            for j in index[w]:
+                if len(sets[j]) >= smallest:
+                    candidates.setdefault((j, i) if j < i else (i, j), False)
+            index[w].append(i)
+    return candidates
+
+
 def find_near_duplicates(
-    statements: Iterable[tuple[int, str]], limit: int = MAX_MATCHES
+    statements: Iterable[tuple[int, str]],
+    limit: int = MAX_MATCHES,
+    only: Iterable[int] | None = None,
 ) -> dict[int, list[NearDuplicate]]:
     """Return, per statement id, its most similar other statements (best first, at most `limit`).
 
     `statements` are (id, text) pairs. Statements without a near-duplicate are left out. The
-    result depends only on the input set: ties are broken by the lower id.
+    result depends only on the input set: ties are broken by the lower id. `only`: the ids to
+    find near-duplicates of (among all of `statements`), e.g. one page of a long list; each
+    gets exactly what it gets from the whole computation, at a cost that grows with the
+    statements' words, not with the pairs of the whole set.
     """
     items = sorted(dict(statements).items())
     sets = [word_set(text) for _, text in items]
@@ -210,39 +255,28 @@ def find_near_duplicates(
     for i, s in enumerate(sets):
         for w in s:
             postings[w].append(i)
+    wanted = None
+    if only is not None:
+        only_ids = set(only)
+        wanted = {i for i, (sid, _) in enumerate(items) if sid in only_ids}
     # Candidate pairs (i < j) -> whether they hold a pair of words one typo apart.
-    candidates: dict[tuple[int, int], bool] = {}
-
-    # 1. Pairs that may share JACCARD_THRESHOLD of their words: prefix filtering. Statements in
-    # order of size, so that each is looked up among the smaller ones already indexed and the
-    # size filter (|B| >= t |A| when J(A, B) >= t and |B| <= |A|) only has to look back.
-    threshold = JACCARD_THRESHOLD
-    index: dict[str, list[int]] = defaultdict(list)
-    for i in sorted(range(len(items)), key=lambda i: (len(sets[i]), i)):
-        a = sets[i]
-        # Rarest words first, then alphabetical (a fixed order, the same for every statement).
-        ordered = sorted(a, key=lambda w: (len(postings[w]), w))
-        prefix = ordered[: len(a) - math.ceil(threshold * len(a)) + 1]
-        smallest = math.ceil(threshold * len(a))
-        for w in prefix:
-            for j in index[w]:
-                if len(sets[j]) >= smallest:
-                    candidates.setdefault((j, i) if j < i else (i, j), False)
-            index[w].append(i)
+    candidates = _jaccard_candidates(sets, postings, wanted)
 
     # 2. Pairs with a word one typo away from a word of the other.
     for u, v in _typo_word_pairs(postings):
         for i in postings[u]:
             for j in postings[v]:
-                if i != j:
+                if i != j and (wanted is None or i in wanted or j in wanted):
                     candidates[(j, i) if j < i else (i, j)] = True
 
     matches: dict[int, list[tuple[float, int]]] = defaultdict(list)
     for (i, j), typos_possible in candidates.items():
         score = _score(sets[i], sets[j], typos_possible)
         if score > 0:
-            matches[i].append((score, j))
-            matches[j].append((score, i))
+            if wanted is None or i in wanted:
+                matches[i].append((score, j))
+            if wanted is None or j in wanted:
+                matches[j].append((score, i))
 
     result: dict[int, list[NearDuplicate]] = {}
     for i, found in matches.items():
@@ -254,11 +288,14 @@ def find_near_duplicates(
     return result
 
 
-def round_near_duplicates(actor: User | None, round_id: int) -> dict[int, list[NearDuplicate]]:
+def round_near_duplicates(
+    actor: User | None, round_id: int, only: Iterable[int] | None = None
+) -> dict[int, list[NearDuplicate]]:
     """Return the near-duplicates among a round's statements that are not rejected (facilitators).
 
     Pending and accepted statements are compared; rejected ones (merged ones included) are
-    neither flagged nor offered as the statement another one duplicates.
+    neither flagged nor offered as the statement another one duplicates. `only`: those of
+    these statements (one page of the moderation queue), each compared with the whole round.
     """
     require_facilitator(actor)
     from .rounds import find_round
@@ -272,7 +309,7 @@ def round_near_duplicates(actor: User | None, round_id: int) -> dict[int, list[N
             Statement.moderation_state != StatementState.REJECTED.value,
         )
     )
-    return find_near_duplicates((row.id, row.text) for row in rows)
+    return find_near_duplicates(((row.id, row.text) for row in rows), only=only)
 
 
 __all__ = [

@@ -401,9 +401,9 @@ def _render_queue(
         if state == "pending"
         else statements_service.count_moderation_queue(actor(), round_id, "pending")
     )
-    # Once per page, for the whole round; rejected statements are never flagged.
+    # The page's statements, each against the whole round; rejected ones are never flagged.
     near = (
-        duplicates_service.round_near_duplicates(actor(), round_id)
+        duplicates_service.round_near_duplicates(actor(), round_id, only=[s.id for s in page.items])
         if page.items and state != "rejected"
         else {}
     )

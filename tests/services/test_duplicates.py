@@ -137,6 +137,39 @@ def test_two_thousand_statements_match_every_pair_compared():
     assert {i: {d.id for d in ds} for i, ds in got.items()} == expected
 
 
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_near_duplicates_of_some_statements_are_those_of_the_whole_computation(seed):
+    """`only` (one page of the moderation queue) gives each of those statements exactly what
+    the whole computation gives it, compared with every other statement, near-duplicate
+    clusters, typos and every-pair comparison included."""
+    rng = random.Random(seed)
+    base = _generated_round(300)
+    rows = list(base)
+    next_id = 5000
+    for _ in range(300):  # clusters of rewordings: shuffled, a word added, a typo
+        _, text = rng.choice(base)
+        words = text.split()
+        kind = rng.randrange(3)
+        if kind == 0:
+            rng.shuffle(words)
+        elif kind == 1:
+            words.append(rng.choice(["now", "today", "together", "please"]))
+        else:
+            k = rng.randrange(len(words))
+            if len(words[k]) > 5:
+                words[k] = words[k][:2] + words[k][3:]
+        rows.append((next_id, " ".join(words)))
+        next_id += 1
+    everything = find_near_duplicates(rows, limit=len(rows))
+    ids = [i for i, _ in rows]
+    for size in (1, 7, 50):
+        page = rng.sample(ids, size)
+        got = find_near_duplicates(rows, limit=len(rows), only=page)
+        assert got == {i: everything[i] for i in page if i in everything}
+    assert find_near_duplicates(rows, only=[]) == {}
+    assert find_near_duplicates(rows, only=[10**9]) == {}  # not a statement: nothing
+
+
 # --- in a round -------------------------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 
 import pytest
@@ -84,11 +85,13 @@ def test_near_duplicates_are_flagged_with_escaped_text(as_facilitator, factory, 
     assert XSS not in body
     flag = re.search(rf'Possible duplicate of <a href="([^"]+)">#{target}</a>: ([^<]*)</li>', body)
     assert flag, "a flag on the copy"
+    link = html.unescape(flag.group(1))  # the page that starts at the statement it duplicates
     assert (
-        flag.group(1) == f"/facilitate/rounds/{round_.id}/moderation?state=all#statement-{target}"
+        link
+        == f"/facilitate/rounds/{round_.id}/moderation?state=all&at={target}#statement-{target}"
     )
     assert flag.group(2) == "Fund more shelters for families &lt;script&gt;alert(1)&lt;/script&gt;"
-    assert f'id="statement-{target}"' in text_of(as_facilitator.get(flag.group(1)))
+    assert f'id="statement-{target}"' in text_of(as_facilitator.get(link))
     # Flagged once (the seed is accepted, so not in the waiting queue); the merge form of the copy
     # is prefilled with it, the unrelated statement's is empty.
     assert body.count("Possible duplicate of") == 1
