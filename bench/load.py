@@ -692,6 +692,11 @@ class DriveResult:
     wall: dict[str, float]
 
 
+def _server_env(opts) -> dict[str, str]:
+    """The extra NAME=VALUE settings of the server (--env)."""
+    return dict(e.split("=", 1) for e in opts.env)
+
+
 async def drive(server: Server, seeded: Seeded, opts) -> DriveResult:
     """Log the members in, let them vote (warm-up, then measured), then measure the ceiling."""
     stats = Stats()
@@ -888,7 +893,7 @@ def run_with_details(opts) -> tuple[dict, Seeded, Stats]:
         threads=opts.threads,
         analysis=opts.analysis,
         cpus=opts.server_cpus,
-        extra_env=dict(e.split("=", 1) for e in opts.env),
+        extra_env=_server_env(opts),
     )
     if opts.driver_cpus:
         os.sched_setaffinity(0, {int(c) for c in opts.driver_cpus.split(",")})
@@ -907,7 +912,8 @@ def run_with_details(opts) -> tuple[dict, Seeded, Stats]:
         "statements": seeded.statements,
         "seed_votes": seeded.seed_votes,
         "concurrency": opts.concurrency,
-        "server": f"gunicorn gthread {opts.workers} workers x {opts.threads} threads",
+        "server": f"gunicorn gthread {opts.workers} workers x {opts.threads} threads, CPU "
+        f"affinity {_server_env(opts).get('DELIBERATE_WEB_CPU_AFFINITY', 'auto')}",
         "analysis": opts.analysis,
         "setup_seconds": round(setup_seconds, 2),
         "logins": s.logins,
