@@ -6,6 +6,8 @@ the analysis. Members see the report only when the round's results setting allow
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from markupsafe import Markup
@@ -63,12 +65,41 @@ def _map_description(lines: list[str]) -> str:
     return " ".join(lines)
 
 
+# Rows of the report's "Every statement" table per page (a round may hold thousands).
+REPORT_STATEMENTS_PAGE_SIZE = 100
+MAX_TABLE_PAGE = 10**6  # a page number kept in a link back (beyond: page 1)
+
+
+@dataclass(frozen=True)
+class TablePage:
+    """One page of the statements table: rows `first`..`last` (1-based) of `total`."""
+
+    number: int
+    pages: int
+    first: int
+    last: int
+    total: int
+
+
+def _table_page(total: int, requested: int | None) -> TablePage:
+    """The page to show: the requested one, within 1..pages (page 1 when absent or bad)."""
+    size = REPORT_STATEMENTS_PAGE_SIZE
+    pages = max(1, -(-total // size))
+    number = min(max(requested or 1, 1), pages)
+    first = (number - 1) * size
+    return TablePage(number, pages, first + 1 if total else 0, min(first + size, total), total)
+
+
 @bp.get("/rounds/<int:round_id>/report")
 @login_required
 def report_page(round_id: int):
-    """Show the round's report (members: their own view, as the results setting allows)."""
+    """Show the round's report (members: their own view, as the results setting allows).
+
+    The "Every statement" table shows one page of rows (`page`, in the chosen sort); the rest
+    of the report covers every statement."""
     sort = request.args.get("sort", "consensus")
     report = report_service.build_report(actor(), round_id, sort=sort)
+    table = _table_page(len(report.statements), request.args.get("page", type=int))
     map_svg = None
     if report.map is not None and not report.map.empty:
         # render_svg escapes every piece of text it draws, so the markup is safe to inline.
@@ -84,6 +115,8 @@ def report_page(round_id: int):
         report=report,
         round=report.round,
         map_svg=map_svg,
+        table=table,
+        table_rows=report.statements[table.first - 1 : table.last] if table.total else [],
         sort_labels=SORT_LABELS,
         group_form=GroupNameForm(formdata=None),
         confirm_form=ConfirmForm(formdata=None),
@@ -120,10 +153,12 @@ def map_png(round_id: int):
 
 def _back(round_id: int, anchor: str | None = None):
     sort = request.args.get("sort")
+    page = request.args.get("page", type=int)
     url = url_for(
         ".report_page",
         round_id=round_id,
         **({"sort": sort} if sort in report_service.SORTS else {}),
+        **({"page": page} if page is not None and 1 < page <= MAX_TABLE_PAGE else {}),
     )
     return redirect(url + (f"#{anchor}" if anchor else ""), 303)
 

@@ -199,6 +199,57 @@ def test_sort_links_work_without_javascript(client, demo):
     assert client.get(_url(demo.round_id, "?sort=nonsense")).status_code == 400
 
 
+def _table_ids(page: str) -> list[int]:
+    table = page.split('id="statements"', 1)[1].split("</table>", 1)[0]
+    return [int(i) for i in re.findall(r'<tr data-statement-id="(\d+)"', table)]
+
+
+def test_the_statements_table_is_paged_in_the_chosen_order(client, demo, monkeypatch):
+    """A round may hold thousands of statements: the table shows one page of them, the
+    pages together show every statement once, in the sort, and the sort stays in the links."""
+    from deliberate.web import report as report_views
+
+    monkeypatch.setattr(report_views, "REPORT_STATEMENTS_PAGE_SIZE", 4)
+    sign_in(client, FACILITATOR_EMAIL)
+    for sort in ("votes", "bridging"):
+        whole = _table_ids(client.get(_url(demo.round_id, f"?sort={sort}")).get_data(as_text=True))
+        assert len(whole) == 4
+        seen, number = [], 1
+        while True:
+            page = client.get(_url(demo.round_id, f"?sort={sort}&page={number}"))
+            body = page.get_data(as_text=True)
+            ids = _table_ids(body)
+            assert page.status_code == 200 and 1 <= len(ids) <= 4
+            seen += ids
+            following = f"{_url(demo.round_id)}?sort={sort}&amp;page={number + 1}#statements"
+            if following not in body:
+                break
+            assert "Statements " in body and " of " in body
+            number += 1
+        assert number > 1 and len(seen) == len(set(seen))
+        assert whole == seen[:4]
+        report = client.get(_url(demo.round_id, f"?sort={sort}&page=1")).get_data(as_text=True)
+        assert _table_ids(report) == whole
+    statements = db.session.scalars(
+        select(Statement.id).where(Statement.round_id == demo.round_id)
+    ).all()
+    assert set(seen) <= set(statements)
+    # Out of range or not a number: the nearest page, never an error.
+    last = client.get(_url(demo.round_id, "?sort=bridging&page=99999")).get_data(as_text=True)
+    assert _table_ids(last) == ids
+    for bad in ("0", "-3", "abc", ""):
+        body = client.get(_url(demo.round_id, f"?sort=bridging&page={bad}")).get_data(as_text=True)
+        assert _table_ids(body) == whole
+    # Hiding a statement from page 2 comes back to page 2.
+    second = client.get(_url(demo.round_id, "?sort=bridging&page=2")).get_data(as_text=True)
+    target = _table_ids(second)[0]
+    response = client.post(_url(demo.round_id, f"/statements/{target}/hide?sort=bridging&page=2"))
+    assert response.headers["Location"].endswith(
+        f"{_url(demo.round_id)}?sort=bridging&page=2#statements"
+    )
+    assert f'/statements/{target}/hide?sort=bridging&amp;page=2"' in second
+
+
 # ------------------------------------------------------------------------------- the map
 
 
