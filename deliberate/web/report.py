@@ -6,8 +6,6 @@ the analysis. Members see the report only when the round's results setting allow
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from flask import Blueprint, Response, flash, redirect, render_template, request, url_for
 from flask_wtf import FlaskForm
 from markupsafe import Markup
@@ -17,6 +15,7 @@ from wtforms.validators import Length
 from ..services import opinion_map
 from ..services import report as report_service
 from ..services.errors import DomainError
+from . import paging
 from .decorators import actor, login_required, roles_required
 
 bp = Blueprint("report", __name__)
@@ -66,28 +65,7 @@ def _map_description(lines: list[str]) -> str:
 
 
 # Rows of the report's "Every statement" table per page (a round may hold thousands).
-REPORT_STATEMENTS_PAGE_SIZE = 100
-MAX_TABLE_PAGE = 10**6  # a page number kept in a link back (beyond: page 1)
-
-
-@dataclass(frozen=True)
-class TablePage:
-    """One page of the statements table: rows `first`..`last` (1-based) of `total`."""
-
-    number: int
-    pages: int
-    first: int
-    last: int
-    total: int
-
-
-def _table_page(total: int, requested: int | None) -> TablePage:
-    """The page to show: the requested one, within 1..pages (page 1 when absent or bad)."""
-    size = REPORT_STATEMENTS_PAGE_SIZE
-    pages = max(1, -(-total // size))
-    number = min(max(requested or 1, 1), pages)
-    first = (number - 1) * size
-    return TablePage(number, pages, first + 1 if total else 0, min(first + size, total), total)
+REPORT_STATEMENTS_PAGE_SIZE = paging.TABLE_PAGE_SIZE
 
 
 @bp.get("/rounds/<int:round_id>/report")
@@ -99,7 +77,9 @@ def report_page(round_id: int):
     of the report covers every statement."""
     sort = request.args.get("sort", "consensus")
     report = report_service.build_report(actor(), round_id, sort=sort)
-    table = _table_page(len(report.statements), request.args.get("page", type=int))
+    table = paging.table_page(
+        len(report.statements), request.args.get("page", type=int), REPORT_STATEMENTS_PAGE_SIZE
+    )
     map_svg = None
     if report.map is not None and not report.map.empty:
         # render_svg escapes every piece of text it draws, so the markup is safe to inline.
@@ -116,7 +96,7 @@ def report_page(round_id: int):
         round=report.round,
         map_svg=map_svg,
         table=table,
-        table_rows=report.statements[table.first - 1 : table.last] if table.total else [],
+        table_rows=table.rows(report.statements),
         sort_labels=SORT_LABELS,
         group_form=GroupNameForm(formdata=None),
         confirm_form=ConfirmForm(formdata=None),
@@ -153,12 +133,11 @@ def map_png(round_id: int):
 
 def _back(round_id: int, anchor: str | None = None):
     sort = request.args.get("sort")
-    page = request.args.get("page", type=int)
     url = url_for(
         ".report_page",
         round_id=round_id,
         **({"sort": sort} if sort in report_service.SORTS else {}),
-        **({"page": page} if page is not None and 1 < page <= MAX_TABLE_PAGE else {}),
+        **paging.kept_page(request.args.get("page", type=int)),
     )
     return redirect(url + (f"#{anchor}" if anchor else ""), 303)
 

@@ -14,9 +14,11 @@ from wtforms.widgets import CheckboxInput, ListWidget
 
 from ..services import lineage
 from ..services.errors import ValidationError
+from . import paging
 from .decorators import actor, roles_required
 
 bp = Blueprint("over_time", __name__, url_prefix="/facilitate")
+COMPARE_PAGE_SIZE = paging.TABLE_PAGE_SIZE  # rows of each list of the comparison page
 
 
 class _MultiCheckboxField(SelectMultipleField):
@@ -143,11 +145,25 @@ def compare():
     form.b.choices = choices
     form.a.data = str(a_id) if a_id is not None else None
     form.b.data = str(b_id) if b_id is not None else None
+    # Each of the three lists a page at a time (rounds may hold thousands of statements).
+    pages = (
+        {
+            name: paging.table_page(len(items), request.args.get(name, type=int), COMPARE_PAGE_SIZE)
+            for name, items in (
+                ("page", comparison.matched),
+                ("page_a", comparison.only_a),
+                ("page_b", comparison.only_b),
+            )
+        }
+        if comparison is not None
+        else {}
+    )
     return render_template(
         "over_time/compare.html",
         form=form,
         rounds=rounds,
         comparison=comparison,
+        pages=pages,
         sort=sort,
         threshold=lineage.CHANGE_THRESHOLD,
         directions=lineage,

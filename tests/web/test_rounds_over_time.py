@@ -307,6 +307,34 @@ def test_comparison_page_in_plain_words_biggest_move_first(client, compared):
     assert client.get(f"/facilitate/compare?a={a.id}&b={b.id}&sort=zzz").status_code == 200
 
 
+def test_comparison_lists_are_paged_keeping_the_sort(client, compared, monkeypatch):
+    """Rounds may hold thousands of statements: each list shows a page; following the links
+    shows every matched statement once, in the sort, and the links keep both rounds."""
+    from deliberate.web import rounds_over_time
+
+    monkeypatch.setattr(rounds_over_time, "COMPARE_PAGE_SIZE", 1)
+    a, b = compared
+    url = f"/facilitate/compare?a={a.id}&b={b.id}&sort=change"
+    order = ["Cheaper buses", "Housing first", "More parks"]
+    seen = []
+    for number in (1, 2, 3):
+        html = client.get(f"{url}&page={number}").get_data(as_text=True)
+        matched = html.split('id="matched"', 1)[1].split('id="only-a"', 1)[0]
+        seen += [t for t in order if t in matched]
+        assert f"{number}&ndash;{number} of 4" in matched
+        if number < 3:
+            assert f"page={number + 1}" in matched and f"a={a.id}" in matched
+    assert seen == order
+    # Out of range: the last page; not a number: the first.
+    last = client.get(f"{url}&page=999").get_data(as_text=True)
+    assert (
+        "4&ndash;4 of 4" in last
+        and "Next page" not in last.split('id="matched"')[1].split('id="only-a"')[0]
+    )
+    first = client.get(f"{url}&page=x").get_data(as_text=True)
+    assert "1&ndash;1 of 4" in first
+
+
 def test_comparison_page_escapes_statement_text(client, compared):
     a, b = compared
     html = client.get(f"/facilitate/compare?a={a.id}&b={b.id}").get_data(as_text=True)
