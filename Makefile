@@ -40,7 +40,7 @@ SECRET_KEY_SETUP = if [ -z "$$DELIBERATE_SECRET_KEY" ]; then \
 	  DELIBERATE_SECRET_KEY=$$(cat instance/secret_key); export DELIBERATE_SECRET_KEY; \
 	fi; export DELIBERATE_ENV=production
 
-## serve: production: migrate the database once, then gunicorn on $(BIND), 2 processes x 8
+## serve: production: migrate the database once, then gunicorn on $(BIND), 2 processes x 4
 ##   threads (deliberate/serving.py; docs/operations.md). DELIBERATE_ANALYSIS_WORKER=off to
 ##   leave the analysis to `make worker`
 serve: $(STAMP)

@@ -1041,7 +1041,7 @@ def parse_args(argv: list[str] | None = None):
     p.add_argument("--change-rate", type=float, default=0.05)
     p.add_argument("--statement-rate", type=float, default=0.002)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--threads", type=int, default=8)
+    p.add_argument("--threads", type=int, default=4)
     p.add_argument(
         "--analysis",
         choices=("process", "thread", "none"),

@@ -6,7 +6,7 @@ through these variables:
 
 - DELIBERATE_BIND (default 127.0.0.1:8000): where to listen; `make serve` passes --bind.
 - DELIBERATE_WEB_PROCESSES (default 2): gunicorn worker processes, one per core.
-- DELIBERATE_WEB_THREADS (default 8): request threads per process (gthread).
+- DELIBERATE_WEB_THREADS (default 4): request threads per process (gthread).
 - DELIBERATE_ACCESS_LOG (default "-", standard output; "" turns it off).
 - DELIBERATE_WEB_CPU_AFFINITY (default "auto"): with at least as many processes as CPUs, each
   process runs on a CPU of its own (see pre_fork); "off" leaves the placement to the kernel.
@@ -37,7 +37,7 @@ bind = [os.environ.get("DELIBERATE_BIND", "127.0.0.1:8000")]
 # write lock, PostgreSQL round trips) and slow clients.
 workers = int(os.environ.get("DELIBERATE_WEB_PROCESSES", "2"))
 worker_class = "gthread"
-threads = int(os.environ.get("DELIBERATE_WEB_THREADS", "8"))
+threads = int(os.environ.get("DELIBERATE_WEB_THREADS", "4"))
 
 # Load the app once in the master, before forking: a broken configuration (no secret key, no
 # database driver) stops the server at once with one message instead of looping on worker
