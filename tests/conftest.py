@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from datetime import datetime, timedelta
 from itertools import count
 from pathlib import Path
 
@@ -20,8 +21,9 @@ from flask.testing import FlaskClient
 
 from deliberate import create_app
 from deliberate.extensions import db as _db
-from deliberate.models import Organisation, Role, Round, RoundState, Statement, User
+from deliberate.models import Organisation, Role, Round, RoundState, Statement, User, utcnow
 from deliberate.services.passwords import hash_password
+from deliberate.services.statements import normalise_text
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = (PROJECT_ROOT / ".." / "shared" / "data").resolve()
@@ -328,6 +330,28 @@ class Factory:
             )
         self.db.session.commit()
         return round_
+
+
+def add_statements_in_order(
+    db, round_: Round, texts, *, state: str = "pending", start: datetime | None = None
+) -> list[Statement]:
+    """Members' statements in `round_`, in `state`, written one second apart from `start`
+    (default: now), so that their order by time is known (for pages of long lists)."""
+    start = start or utcnow()
+    made = [
+        Statement(
+            round_id=round_.id,
+            text=text,
+            normalised_text=normalise_text(text),
+            origin="member",
+            moderation_state=state,
+            created_at=start + timedelta(seconds=i),
+        )
+        for i, text in enumerate(texts)
+    ]
+    db.session.add_all(made)
+    db.session.commit()
+    return made
 
 
 @pytest.fixture

@@ -342,18 +342,6 @@ def _people_order():
     return (func.lower(User.name), User.id)
 
 
-def list_people(actor: User, organisation_id: int | None = None) -> list[User]:
-    """Return people by name, optionally of one organisation (facilitators and admins).
-
-    All of them: pages use `people_page`.
-    """
-    query = _people_query(actor, organisation_id)
-    if query is None:
-        return []
-    query = query.options(selectinload(User.organisation)).order_by(*_people_order())
-    return list(db.session.scalars(query))
-
-
 def people_page(
     actor: User,
     organisation_id: int | None = None,

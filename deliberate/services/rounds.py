@@ -313,32 +313,25 @@ def _participation(round_: Round) -> Participation:
     )
 
 
-def _statement_rows(
-    round_: Round, statements: Iterable[Statement], ids: list[int] | None = None
-) -> list[StatementRow]:
-    """The rows of `statements` with their vote counts (the breakdown from MIN_BREAKDOWN
-    votes); `ids`: count the votes of these statements only (None: the whole round's)."""
-    query = (
-        select(
-            Vote.statement_id,
-            func.count(),
-            func.sum((Vote.value == 1).cast(db.Integer)),
-            func.sum((Vote.value == -1).cast(db.Integer)),
-            func.sum((Vote.value == 0).cast(db.Integer)),
-        )
-        .where(Vote.round_id == round_.id)
-        .group_by(Vote.statement_id)
-    )
-    if ids is not None:
-        query = query.where(Vote.statement_id.in_(ids))
-    tallies = (
-        {}
-        if ids == []
-        else {
-            sid: (n, agree, disagree, passes)
-            for sid, n, agree, disagree, passes in db.session.execute(query).all()
-        }
-    )
+def _statement_rows(round_: Round, statements: list[Statement]) -> list[StatementRow]:
+    """The rows of `statements` (of `round_`) with their vote counts; the split is shown from
+    MIN_BREAKDOWN votes."""
+    if not statements:
+        return []
+    tallies = {
+        sid: (n, agree, disagree, passes)
+        for sid, n, agree, disagree, passes in db.session.execute(
+            select(
+                Vote.statement_id,
+                func.count(),
+                func.sum((Vote.value == 1).cast(db.Integer)),
+                func.sum((Vote.value == -1).cast(db.Integer)),
+                func.sum((Vote.value == 0).cast(db.Integer)),
+            )
+            .where(Vote.round_id == round_.id, Vote.statement_id.in_([s.id for s in statements]))
+            .group_by(Vote.statement_id)
+        ).all()
+    }
     rows = []
     for s in statements:
         n, agree, disagree, passes = tallies.get(s.id, (0, 0, 0, 0))
@@ -349,31 +342,6 @@ def _statement_rows(
     return rows
 
 
-def _statements_query(round_: Round):
-    return (
-        select(Statement)
-        .where(Statement.round_id == round_.id)
-        .options(selectinload(Statement.revisions))
-    )
-
-
-def round_overview(actor: User | None, round_id: int) -> RoundOverview:
-    """Return a round with its statements, their vote counts and participation (facilitators).
-
-    Every statement: the round page uses `round_overview_page`."""
-    require_facilitator(actor)
-    round_ = _load(round_id)
-    rows = _statement_rows(
-        round_, db.session.scalars(_statements_query(round_).order_by(Statement.id))
-    )
-    return RoundOverview(
-        round=round_,
-        statements=rows,
-        participation=_participation(round_),
-        has_votes=any(row.votes for row in rows),
-    )
-
-
 def round_overview_page(
     actor: User | None,
     round_id: int,
@@ -382,22 +350,24 @@ def round_overview_page(
     after_id: int | None = None,
     before_id: int | None = None,
 ) -> tuple[RoundOverview, Page[StatementRow]]:
-    """Return (overview, page): `round_overview` with one page of its statement rows, by id,
-    with the vote counts of those statements only (facilitators)."""
+    """Return (overview, page): a round with its participation and one page of its statements
+    by number, each with its vote counts (the split from MIN_BREAKDOWN votes; facilitators)."""
     from .statements import statement_cursor  # statements imports this module
 
     require_facilitator(actor)
     round_ = _load(round_id)
     cursor, direction = page_cursor(after_id, before_id)
     page = keyset_page(
-        _statements_query(round_),
+        select(Statement)
+        .where(Statement.round_id == round_.id)
+        .options(selectinload(Statement.revisions)),
         (Statement.id,),
         limit=limit,
         cursor=cursor,
         cursor_key=statement_cursor(round_.id, cursor),
         direction=direction,
     )
-    rows = _statement_rows(round_, page.items, [s.id for s in page.items])
+    rows = _statement_rows(round_, page.items)
     overview = RoundOverview(
         round=round_,
         statements=rows,

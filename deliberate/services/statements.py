@@ -206,15 +206,6 @@ def _queue_options():
     )
 
 
-def moderation_queue(actor: User | None, round_id: int, state: str = "pending") -> list[Statement]:
-    """Return the round's statements in a moderation state, oldest first (facilitators).
-
-    All of them: pages use `moderation_page`.
-    """
-    query = _queue_query(actor, round_id, state).options(*_queue_options())
-    return list(db.session.scalars(query.order_by(*_QUEUE_ORDER)))
-
-
 def moderation_page(
     actor: User | None,
     round_id: int,
@@ -447,7 +438,6 @@ __all__ = [
     "is_visible",
     "merge_statement",
     "moderation_page",
-    "moderation_queue",
     "normalise_text",
     "reject_statement",
     "set_meta",

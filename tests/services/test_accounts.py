@@ -322,13 +322,13 @@ def test_list_people_and_organisations_for_facilitators_only(factory):
     facilitator = factory.user(Role.FACILITATOR, name="Zed")
     a = factory.user(organisation=north, name="Amy")
     b = factory.user(organisation=south, name="bob")
-    assert [u.name for u in accounts.list_people(facilitator)] == ["Amy", "bob", "Zed"]
-    assert accounts.list_people(facilitator, north.id) == [a]
+    assert [u.name for u in accounts.people_page(facilitator).items] == ["Amy", "bob", "Zed"]
+    assert accounts.people_page(facilitator, north.id).items == [a]
     assert [o.name for o in accounts.list_organisations(facilitator)] == ["North", "South"]
     assert accounts.count_members_by_organisation(facilitator) == {north.id: 1, south.id: 1}
     assert accounts.get_person(facilitator, b.id) == b
     for role in (Role.MEMBER, Role.LEADERSHIP):
         with pytest.raises(NotAllowed):
-            accounts.list_people(factory.user(role))
+            accounts.people_page(factory.user(role))
         with pytest.raises(NotAllowed):
             accounts.list_organisations(factory.user(role))

@@ -10,9 +10,11 @@ import pytest
 from sqlalchemy import event
 
 from deliberate.extensions import db as _db
-from deliberate.models import Role, Statement, utcnow
+from deliberate.models import Role, utcnow
 from deliberate.services import accounts, rounds, statements, voting
 from deliberate.services.errors import NotAllowed, NotFound, ValidationError
+from deliberate.services.pagination import PAGE_SIZE_MAX
+from tests.conftest import add_statements_in_order
 
 
 @pytest.fixture
@@ -32,23 +34,8 @@ def facilitator(factory):
 
 def add_statements(db, round_, n: int, *, state: str = "pending", start=None, prefix="Statement"):
     """Add n statements; created one second apart from `start` (default: now)."""
-    start = start or utcnow()
-    made = []
-    for i in range(n):
-        text = f"{prefix} {i} about the campaign"
-        made.append(
-            Statement(
-                round_id=round_.id,
-                text=text,
-                normalised_text=statements.normalise_text(text),
-                origin="member",
-                moderation_state=state,
-                created_at=start + timedelta(seconds=i),
-            )
-        )
-    db.session.add_all(made)
-    db.session.commit()
-    return made
+    texts = [f"{prefix} {i} about the campaign" for i in range(n)]
+    return add_statements_in_order(db, round_, texts, state=state, start=start)
 
 
 def walk(fetch, limit: int, max_pages: int = 100) -> list[list]:
@@ -95,7 +82,8 @@ def test_moderation_pages_visit_every_statement_once_in_order(db, factory, facil
     pages = walk(fetch, 4)
     assert [len(p) for p in pages] == [4, 4, 3]
     assert [s.id for p in pages for s in p] == ids(made)
-    assert ids(statements.moderation_queue(facilitator, round_.id)) == ids(made)
+    whole = statements.moderation_page(facilitator, round_.id, limit=PAGE_SIZE_MAX)
+    assert ids(whole.items) == ids(made) and whole.after is None
     # Back from the last page, page by page, to the first.
     back = walk_back(fetch, 4, pages[1][-1].id)
     assert [ids(p) for p in back] == [ids(p) for p in pages]
@@ -248,7 +236,8 @@ def test_people_pages_follow_the_name_order(factory, org):
 
     pages = walk(fetch, 3)
     assert [len(p) for p in pages] == [3, 3, 3, 2]
-    assert [u.id for p in pages for u in p] == [u.id for u in accounts.list_people(facilitator)]
+    whole = accounts.people_page(facilitator, limit=PAGE_SIZE_MAX).items
+    assert [u.id for p in pages for u in p] == [u.id for u in whole]
     back = walk_back(fetch, 3, pages[2][-1].id)
     assert [[u.id for u in p] for p in back] == [[u.id for u in p] for p in pages]
     assert accounts.count_people(facilitator) == len(names) + 1

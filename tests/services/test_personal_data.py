@@ -725,10 +725,10 @@ def test_people_lists_leave_out_retention_pseudonyms(db, factory):
     round_, _, members, _ = build_round(
         db, factory, state=RoundState.CLOSED, closes_at=closes, retention_days=1
     )
-    listed_before = {u.id for u in accounts.list_people(facilitator)}
+    listed_before = {u.id for u in accounts.people_page(facilitator).items}
     counts_before = accounts.count_members_by_organisation(facilitator)
     assert personal_data.apply_retention(now=closes + timedelta(days=2)) == [round_.id]
-    assert {u.id for u in accounts.list_people(facilitator)} == listed_before
+    assert {u.id for u in accounts.people_page(facilitator).items} == listed_before
     assert accounts.count_members_by_organisation(facilitator) == counts_before
     total = db.session.scalar(select(func.count()).select_from(User))
     assert total == len(listed_before) + len(members)  # the pseudonyms exist, unlisted

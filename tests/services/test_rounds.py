@@ -429,13 +429,14 @@ def test_round_overview_hides_the_split_of_fewer_than_three_votes(db, factory, f
             Vote(round_id=round_.id, statement_id=enough.id, user_id=user.id, value=value)
         )
     db.session.commit()
-    overview = rounds.round_overview(facilitator, round_.id)
+    overview, page = rounds.round_overview_page(facilitator, round_.id)
+    assert page.items == overview.statements
     rows = {row.statement.id: row for row in overview.statements}
     assert (rows[few.id].votes, rows[few.id].agree) == (1, None)
     assert (rows[enough.id].agree, rows[enough.id].disagree, rows[enough.id].passes) == (2, 1, 0)
     assert overview.has_votes
     with pytest.raises(NotAllowed):
-        rounds.round_overview(voters[0], round_.id)
+        rounds.round_overview_page(voters[0], round_.id)
 
 
 def test_round_summaries_count_per_round(db, factory, facilitator, member):

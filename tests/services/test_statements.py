@@ -215,21 +215,21 @@ def test_statements_refused_when_not_allowed_or_not_in_audience(db, factory, mem
 def test_moderation_queue_lists_by_state(db, round_, member, facilitator):
     first = statements.submit_statement(member, round_.id, "First statement")
     second = statements.submit_statement(member, round_.id, "Second statement")
-    assert [s.id for s in statements.moderation_queue(facilitator, round_.id)] == [
+    assert [s.id for s in statements.moderation_page(facilitator, round_.id).items] == [
         first.id,
         second.id,
     ]
     statements.accept_statement(facilitator, first.id)
-    assert [s.id for s in statements.moderation_queue(facilitator, round_.id)] == [second.id]
-    accepted = statements.moderation_queue(facilitator, round_.id, "accepted")
+    assert [s.id for s in statements.moderation_page(facilitator, round_.id).items] == [second.id]
+    accepted = statements.moderation_page(facilitator, round_.id, "accepted").items
     assert first.id in {s.id for s in accepted}
-    assert len(statements.moderation_queue(facilitator, round_.id, "all")) == 3
+    assert len(statements.moderation_page(facilitator, round_.id, "all").items) == 3
     with pytest.raises(ValidationError):
-        statements.moderation_queue(facilitator, round_.id, "weird")
+        statements.moderation_page(facilitator, round_.id, "weird")
     with pytest.raises(NotAllowed):
-        statements.moderation_queue(member, round_.id)
+        statements.moderation_page(member, round_.id)
     with pytest.raises(NotFound):
-        statements.moderation_queue(facilitator, 4242)
+        statements.moderation_page(facilitator, 4242)
 
 
 def test_accept_makes_visible_and_audits(db, round_, member, facilitator):

@@ -14,6 +14,7 @@ from deliberate.models import Role, Statement, utcnow
 from deliberate.services import statements as statements_service
 from deliberate.services import voting
 from deliberate.web import facilitate, member, people
+from tests.conftest import add_statements_in_order
 
 XSS = "<script>alert(1)</script>"
 
@@ -88,24 +89,10 @@ def small_pages(monkeypatch):
     monkeypatch.setattr(member, "VOTES_PAGE_SIZE", 3)
 
 
-def add_pending(db, round_, n: int, prefix: str = "Pending statement") -> list[Statement]:
+def add_pending(db, round_, n: int, prefix: str = "Pending statement") -> list[int]:
+    texts = [f"{prefix} {i}" for i in range(n)]
     start = utcnow() - timedelta(hours=1)
-    made = []
-    for i in range(n):
-        text = f"{prefix} {i}"
-        made.append(
-            Statement(
-                round_id=round_.id,
-                text=text,
-                normalised_text=statements_service.normalise_text(text),
-                origin="member",
-                moderation_state="pending",
-                created_at=start + timedelta(seconds=i),
-            )
-        )
-    db.session.add_all(made)
-    db.session.commit()
-    return [s.id for s in made]
+    return [s.id for s in add_statements_in_order(db, round_, texts, start=start)]
 
 
 # --- the moderation queue ----------------------------------------------------------------
