@@ -174,21 +174,6 @@ def test_near_duplicates_of_some_statements_are_those_of_the_whole_computation(s
 
 
 @pytest.fixture
-def org(factory):
-    return factory.organisation()
-
-
-@pytest.fixture
-def member(factory, org):
-    return factory.user(Role.MEMBER, organisation=org)
-
-
-@pytest.fixture
-def facilitator(factory):
-    return factory.user(Role.FACILITATOR)
-
-
-@pytest.fixture
 def round_(factory):
     return factory.round(
         statements=[

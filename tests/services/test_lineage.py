@@ -102,18 +102,8 @@ def org(factory):
 
 
 @pytest.fixture
-def facilitator(factory):
-    return factory.user(Role.FACILITATOR)
-
-
-@pytest.fixture
 def leadership(factory):
     return factory.user(Role.LEADERSHIP)
-
-
-@pytest.fixture
-def member(factory, org):
-    return factory.user(Role.MEMBER, organisation=org)
 
 
 @pytest.fixture

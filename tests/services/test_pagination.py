@@ -17,21 +17,6 @@ from deliberate.services.pagination import PAGE_SIZE_MAX
 from tests.conftest import add_statements_in_order
 
 
-@pytest.fixture
-def org(factory):
-    return factory.organisation()
-
-
-@pytest.fixture
-def member(factory, org):
-    return factory.user(Role.MEMBER, organisation=org)
-
-
-@pytest.fixture
-def facilitator(factory):
-    return factory.user(Role.FACILITATOR)
-
-
 def add_statements(db, round_, n: int, *, state: str = "pending", start=None, prefix="Statement"):
     """Add n statements; created one second apart from `start` (default: now)."""
     texts = [f"{prefix} {i} about the campaign" for i in range(n)]

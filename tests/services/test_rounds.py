@@ -15,11 +15,6 @@ NOW = datetime(2026, 11, 26, 10, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def facilitator(factory):
-    return factory.user(Role.FACILITATOR)
-
-
-@pytest.fixture
 def member(factory):
     return factory.user(Role.MEMBER, organisation=factory.organisation())
 

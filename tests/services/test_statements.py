@@ -29,21 +29,6 @@ from tests.lock_probe import WriteLockProbe
 
 
 @pytest.fixture
-def org(factory):
-    return factory.organisation()
-
-
-@pytest.fixture
-def member(factory, org):
-    return factory.user(Role.MEMBER, organisation=org)
-
-
-@pytest.fixture
-def facilitator(factory):
-    return factory.user(Role.FACILITATOR)
-
-
-@pytest.fixture
 def round_(factory):
     return factory.round(statements=["We should campaign together."])
 

@@ -14,26 +14,6 @@ from tests.conftest import PASSWORD
 XSS = "<script>alert(1)</script>"
 
 
-@pytest.fixture
-def org(factory):
-    return factory.organisation("Welcome Network")
-
-
-@pytest.fixture
-def facilitator(factory):
-    return factory.user(Role.FACILITATOR, name="Fran Facilitator")
-
-
-@pytest.fixture
-def member(factory, org):
-    return factory.user(Role.MEMBER, organisation=org, name="Mo Member")
-
-
-@pytest.fixture
-def as_facilitator(login_as, facilitator):
-    return login_as(facilitator)
-
-
 def count(db, model, *where) -> int:
     return db.session.scalar(select(func.count()).select_from(model).where(*where))
 

@@ -17,26 +17,6 @@ SEED = "Fund more shelters for families"
 
 
 @pytest.fixture
-def org(factory):
-    return factory.organisation("Welcome Network")
-
-
-@pytest.fixture
-def facilitator(factory):
-    return factory.user(Role.FACILITATOR, name="Fran Facilitator")
-
-
-@pytest.fixture
-def member(factory, org):
-    return factory.user(Role.MEMBER, organisation=org, name="Mo Member")
-
-
-@pytest.fixture
-def as_facilitator(login_as, facilitator):
-    return login_as(facilitator)
-
-
-@pytest.fixture
 def round_(factory):
     return factory.round(
         moderation="post", statements=[SEED, "A joint press line for the coalition"]

@@ -66,21 +66,6 @@ def round_ids(html: str) -> list[int]:
 
 
 @pytest.fixture
-def org(factory):
-    return factory.organisation("Welcome Network")
-
-
-@pytest.fixture
-def facilitator(factory):
-    return factory.user(Role.FACILITATOR, name="Fran Facilitator")
-
-
-@pytest.fixture
-def as_facilitator(login_as, facilitator):
-    return login_as(facilitator)
-
-
-@pytest.fixture
 def small_pages(monkeypatch):
     """Pages of 3, so that a few rows make several pages."""
     monkeypatch.setattr(facilitate, "MODERATION_PAGE_SIZE", 3)
